@@ -1,0 +1,131 @@
+// kgmp/runtime.h — starting the runtime, spawning goroutines, yielding, G-local storage.
+//
+// kgmp runs Go-style goroutines (Gs: stackful coroutines) on OS threads (Ms), each of which
+// must hold a processor (P) to run Gs. There is one P per CPU of the process's affinity mask
+// (`Config::procs`, or `KGMP_MAXPROCS`, like GOMAXPROCS), P i belongs to CPU i of the mask and,
+// by default, every M is pinned to its P's CPU.
+//
+//   #include <kgmp/kgmp.h>
+//   int main() {
+//     kgmp::run([] {                        // the main G; run() returns when it returns
+//       kgmp::WaitGroup wg;
+//       for (int i = 0; i < 10; i++) {
+//         wg.add(1);
+//         kgmp::go([&wg, i] { work(i); wg.done(); });
+//       }
+//       wg.wait();                          // parks the main G, not the thread
+//     });
+//   }
+//
+// As in Go, when the main G returns, run() returns and the Gs still alive are abandoned: those
+// that never started have their closure destroyed; those that did are not unwound. run() waits
+// for every M to reach a scheduling point, so a G that never yields delays it.
+//
+// Thread-local storage: C++ `thread_local` variables belong to the M (OS thread), and a G may
+// move between Ms at every scheduling point (spawn, yield, a WaitGroup wait, ...). Never keep a
+// pointer to a thread_local across one, and never use thread_local for per-goroutine state: use
+// `kgmp::GLocal<T>` below.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <new>
+#include <type_traits>
+#include <utility>
+
+#include "absl/status/status.h"
+
+namespace kgmp {
+
+struct Config {
+  // Number of Ps. 0: the number of CPUs in the process's affinity mask. The environment
+  // variable KGMP_MAXPROCS, when set, overrides this (as GOMAXPROCS does in Go). More Ps than
+  // CPUs allowed is an error: every P is bound to one CPU.
+  int procs = 0;
+  // Pin every M to its P's CPU (the default). false: Ms float over the affinity mask as in Go.
+  bool pin = true;
+  // Usable stack bytes per G (rounded up to whole pages), fixed for the G's life: stacks do not
+  // grow. Between 16 KiB and 1 GiB.
+  std::size_t stack_size = 128 * 1024;
+  // Upper bound on OS threads (Ms). Reaching it is a fatal error naming this field (Go's
+  // debug.SetMaxThreads).
+  int max_threads = 10000;
+};
+
+// Checks `cfg` together with KGMP_MAXPROCS as run() would. The message names the bad value and
+// what to do about it.
+absl::Status check_config(const Config& cfg = {});
+
+namespace internal {
+struct G;
+// Allocates a G able to hold a closure of `size` bytes aligned to `align`; returns the G and,
+// in *closure, where the caller must construct it. Must be followed by start_g(g).
+G* new_g(std::size_t size, std::size_t align, void (*call)(void*), void (*destroy)(void*),
+         void** closure);
+void start_g(G* g);
+void run_main(void (*call)(void*), void* closure, const Config& cfg);
+// G-local storage: a process-wide key, and the slot of the current G for it.
+std::size_t glocal_key();
+void* glocal_get(std::size_t key, void* (*make)(), void (*destroy)(void*));
+}  // namespace internal
+
+// Runs `main` as the main G on the calling thread (M0) with the Ps and Ms of `cfg`, and returns
+// when it returns. A bad configuration prints one line naming the problem and exits with
+// status 2. Not reentrant: call it from outside the runtime, one run at a time.
+template <class F>
+void run(F&& main, const Config& cfg = {}) {
+  using Fn = std::decay_t<F>;
+  Fn fn(std::forward<F>(main));
+  internal::run_main([](void* p) { (*static_cast<Fn*>(p))(); }, &fn, cfg);
+}
+
+// Starts a new G running `f` (Go's `go f()`). The closure is moved into memory at the top of
+// the new G's stack: spawning does not allocate on the heap. An exception escaping `f` ends the
+// program (Go's unrecovered panic) with the G's id and the exception's what(). From inside the
+// runtime the new G takes the current P's `runnext` slot; from a thread outside it, it goes to
+// the global run queue.
+template <class F>
+void go(F&& f) {
+  using Fn = std::decay_t<F>;
+  static_assert(std::is_invocable_v<Fn&>, "kgmp::go needs a callable taking no arguments");
+  void* at = nullptr;
+  internal::G* g = internal::new_g(
+      sizeof(Fn), alignof(Fn), [](void* p) { (*static_cast<Fn*>(p))(); },
+      [](void* p) { static_cast<Fn*>(p)->~Fn(); }, &at);
+  ::new (at) Fn(std::forward<F>(f));
+  internal::start_g(g);
+}
+
+// Puts the calling G at the back of its P's run queue and runs the next one (Go's
+// runtime.Gosched). Returns at once when nothing else is runnable. Outside a G: no-op.
+void yield();
+
+// The calling G's id (1 for the main G), 0 outside the runtime.
+std::uint64_t goid();
+
+// The number of Ps of the running runtime (Go's runtime.GOMAXPROCS(0)), 0 outside it.
+int procs();
+
+// Per-goroutine storage: each G sees its own T, default-constructed at its first get() and
+// destroyed when the G exits.
+//
+//   kgmp::GLocal<RequestId> request_id;
+//   kgmp::go([] { request_id.get() = next(); handle(); });
+template <class T>
+class GLocal {
+ public:
+  GLocal() : key_(internal::glocal_key()) {}
+  GLocal(const GLocal&) = delete;
+  GLocal& operator=(const GLocal&) = delete;
+  // Must be called from a G.
+  T& get() {
+    return *static_cast<T*>(internal::glocal_get(
+        key_, [] { return static_cast<void*>(new T()); },
+        [](void* p) { delete static_cast<T*>(p); }));
+  }
+
+ private:
+  std::size_t key_;
+};
+
+}  // namespace kgmp

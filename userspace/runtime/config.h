@@ -1,0 +1,17 @@
+// config.h — resolving kgmp::Config against the environment and the affinity mask.
+#pragma once
+
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "kgmp/runtime.h"
+
+namespace kgmp::internal {
+
+struct Resolved {
+  Config cfg;             // procs filled in, stack_size rounded up to pages
+  std::vector<int> cpus;  // CPU of P i, i < cfg.procs (the affinity mask's CPUs, in order)
+};
+absl::StatusOr<Resolved> resolve_config(const Config& cfg);
+
+}  // namespace kgmp::internal

@@ -1,0 +1,29 @@
+// export_test.h — internals exposed to the tests and benchmarks only (Go's export_test.go).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kgmp::internal {
+
+// Accounting of the last run(), taken at its teardown.
+struct RunStats {
+  std::uint64_t spawned = 0;    // Gs created, the main G included
+  std::uint64_t exited = 0;     // Gs that returned
+  std::uint64_t abandoned = 0;  // Gs alive when the main G returned
+  std::size_t stacks_carved = 0;
+  std::size_t stacks_guarded = 0;
+  std::size_t stacks_free = 0;  // carved stacks back in the pool at the end
+  std::size_t threads = 0;      // Ms created, M0 included
+};
+RunStats last_run_stats();
+
+// Stacks held by Gs right now (0 outside a run).
+std::size_t live_stacks_now();
+// The P of the calling G and the CPU it is bound to (-1 outside a G).
+int current_p();
+int current_p_cpu();
+// Overrides how many stacks may get guard pages (-1: derive from vm.max_map_count).
+void set_guard_budget_for_test(long stacks);
+
+}  // namespace kgmp::internal

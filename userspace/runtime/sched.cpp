@@ -1,0 +1,896 @@
+// sched.cpp — the G/M/P scheduler (Go's proc.go rules, DESIGN §1-2).
+//
+// Concepts: G (goroutine), M (OS thread), P (processor: the right to run Gs, with a local run
+// queue). An M runs Gs only while it holds a P; P i is bound to CPU i of the affinity mask and
+// its Ms are pinned there (Config::pin), so an M only ever holds its own CPU's P.
+//
+// Finding work (find_runnable, on the M's g0 stack): every 61st schedtick the global queue
+// first (fairness: two Gs that keep readying each other through runnext cannot starve it);
+// then runnext and the local ring; then the global queue; then steal half of a random
+// victim's ring (4 passes in a random coprime-stride order, runnext only on the last); then
+// release the P and park the M on its futex. Nothing sleeps on a timer.
+//
+// Switching: a G that yields, parks or exits switches straight to the next runnable G of its
+// P when runnext, the local ring or the global queue has one (one context switch, no detour
+// through g0), else to g0, which runs the blocking part above. What must happen to the G that
+// switched away (queue it, mark it waiting and release its wait-queue lock, free its stack)
+// happens right after the switch, on the new stack (finish_switch): only then are its
+// registers saved, so only then may another M see it. This is Go's mcall(park_m) without the
+// second switch.
+//
+// Spinning and wakeups (the protocol of proc.go's "Worker thread parking/unparking" comment):
+// - An M with no work may spin (steal) only if it already spins or 2*nmspinning < the number
+//   of busy Ps; at most one spinning M is woken at a time (wake_p does nothing while one spins).
+// - Submitting work (runq_put, then wake_p): write the queue, then a StoreLoad fence, then read
+//   npidle/nmspinning. Going idle: decrement nmspinning (a locked RMW: a full fence), then
+//   re-check every P's queue. One of the two sides always sees the other, so a G is never left
+//   queued while every M sleeps.
+// - The last spinning M that finds work wakes another (reset_spinning -> wake_p), so a burst
+//   of work fans out one M at a time.
+//
+// Rejected: waking an M on every ready (thread-state thrashing, Go's reason too); a
+// centralized queue (contention); switching through g0 on every yield (a second switch, ~2x the
+// cost of a yield); stealing one G at a time (Boost.Fiber, bthread: a victim with a burst is
+// drained one lock round trip per G).
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <cxxabi.h>
+#include <exception>
+#include <typeinfo>
+#include <vector>
+
+#include "config.h"
+#include "context.h"
+#include "export_test.h"
+#include "kgmp/kgmp.h"
+#include "sanitizer.h"
+#include "sched.h"
+#include "signals.h"
+#include "stack.h"
+
+namespace kgmp {
+namespace internal {
+
+Sched* sched = nullptr;
+namespace {
+thread_local M* t_m = nullptr;
+StackPool pool;
+RunStats last_stats;
+std::vector<ProcStats> last_procs;
+constexpr std::size_t kMainStack = 8u << 20;  // the main G's stack: a thread's default
+}  // namespace
+
+__attribute__((noinline)) M* getm() {
+  M* m = t_m;
+  asm volatile("" : "+r"(m));
+  return m;
+}
+M* getm_for_signal() { return t_m; }
+
+void fatal(const char* fmt, ...) {
+  char buf[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(buf, sizeof buf - 1, fmt, ap);
+  va_end(ap);
+  if (n < 0) n = 0;
+  if (n > static_cast<int>(sizeof buf) - 2) n = sizeof buf - 2;
+  buf[n++] = '\n';
+  fflush(stdout);
+  ssize_t r = write(2, buf, static_cast<std::size_t>(n));
+  (void)r;
+  abort();
+}
+
+// ---- random victim order (Go's randomOrder) ----
+
+static std::uint32_t fastrand(M* m) {
+  // wyrand: one multiply per number, good enough for victim selection.
+  m->rand += 0xa0761d6478bd642fULL;
+  __uint128_t t = static_cast<__uint128_t>(m->rand) * (m->rand ^ 0xe7037ed1a0b428dbULL);
+  return static_cast<std::uint32_t>((t >> 64) ^ t);
+}
+
+static std::uint32_t gcd(std::uint32_t a, std::uint32_t b) {
+  while (b != 0) {
+    std::uint32_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
+}
+
+// ---- global run queue (Sched::lock) ----
+
+static void globrunq_put_batch(G* head, G* tail, int n)
+    ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
+  tail->schedlink = nullptr;
+  if (sched->runq_tail != nullptr)
+    sched->runq_tail->schedlink = head;
+  else
+    sched->runq_head = head;
+  sched->runq_tail = tail;
+  sched->runqsize.fetch_add(n, std::memory_order_relaxed);
+}
+
+static G* globrunq_pop() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
+  G* g = sched->runq_head;
+  sched->runq_head = g->schedlink;
+  if (sched->runq_head == nullptr) sched->runq_tail = nullptr;
+  return g;
+}
+
+// Takes a fair share of the global queue into p's local queue and returns one G to run.
+// max > 0 caps the share. Caller: the M holding p, with p's local ring empty unless max == 1.
+static G* globrunq_get(P* p, int max) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
+  int size = sched->runqsize.load(std::memory_order_relaxed);
+  if (size == 0) return nullptr;
+  int n = size / sched->nprocs + 1;
+  if (n > size) n = size;
+  if (max > 0 && n > max) n = max;
+  if (n > static_cast<int>(RunQueue<G>::kSize / 2)) n = RunQueue<G>::kSize / 2;
+  sched->runqsize.fetch_sub(n, std::memory_order_relaxed);
+  G* g = globrunq_pop();
+  for (int i = 1; i < n; i++) KGMP_CHECK(p->runq.put(globrunq_pop()));
+  p->c_globtakes.fetch_add(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
+  return g;
+}
+
+// ---- local run queue ----
+
+// Moves half of p's full ring plus g to the global queue. Returns false if thieves made room
+// meanwhile (then the caller retries put). Caller: p's holder.
+static bool runq_put_slow(P* p, G* g) {
+  G* batch[RunQueue<G>::kSize / 2 + 1];
+  std::uint32_t n = p->runq.grab_for_overflow(batch);
+  if (n == 0) return false;
+  batch[n++] = g;
+  for (std::uint32_t i = 0; i + 1 < n; i++) batch[i]->schedlink = batch[i + 1];
+  LockGuard l(sched->lock);
+  globrunq_put_batch(batch[0], batch[n - 1], static_cast<int>(n));
+  return true;
+}
+
+// Go's runqput. next: g takes runnext (the old runnext goes to the tail). Caller: p's holder.
+static void runq_put(P* p, G* g, bool next) {
+  if (next) {
+    g = p->runq.put_next(g);
+    if (g == nullptr) return;
+  }
+  while (!p->runq.put(g)) {
+    if (runq_put_slow(p, g)) return;
+  }
+}
+
+// ---- idle Ps and Ms (Sched::lock) ----
+
+static void pidle_put(P* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
+  p->idle.store(true, std::memory_order_relaxed);
+  p->link = sched->pidle;
+  sched->pidle = p;
+  sched->npidle.fetch_add(1, std::memory_order_seq_cst);
+}
+
+// Takes `want` off the idle list if given and idle, else any idle P. nullptr if none.
+static P* pidle_get(P* want) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
+  P** pp = &sched->pidle;
+  if (want != nullptr) {
+    while (*pp != nullptr && *pp != want) pp = &(*pp)->link;
+  }
+  P* p = *pp;
+  if (p == nullptr) return nullptr;
+  *pp = p->link;
+  p->link = nullptr;
+  p->idle.store(false, std::memory_order_relaxed);
+  sched->npidle.fetch_sub(1, std::memory_order_seq_cst);
+  return p;
+}
+
+static int pool_of(const P* p) { return sched->cfg.pin ? p->id : 0; }
+
+static void acquire_p(M* m, P* p) {
+  KGMP_CHECK(m->p == nullptr && p->m == nullptr);
+  m->p = p;
+  p->m = m;
+}
+
+static P* release_p(M* m) {
+  P* p = m->p;
+  KGMP_CHECK(p != nullptr && p->m == m);
+  p->m = nullptr;
+  m->p = nullptr;
+  return p;
+}
+
+static void* m_start(void* arg);
+
+// Starts an M for p: an idle M of p's pool, or a new thread. Go's startm.
+static void start_m(P* p, bool spinning) {
+  M* m = nullptr;
+  {
+    LockGuard l(sched->lock);
+    M*& head = sched->midle[pool_of(p)];
+    if (head != nullptr) {
+      m = head;
+      head = m->schedlink;
+    } else {
+      if (static_cast<int>(sched->allm.size()) >= sched->cfg.max_threads)
+        fatal("kgmp: thread limit reached: %zu threads (Ms) exist and Config::max_threads is %d; "
+              "raise Config::max_threads or block fewer goroutines in the kernel at once",
+              sched->allm.size(), sched->cfg.max_threads);
+      m = new M();
+      m->id = static_cast<int>(sched->allm.size());
+      m->pool = pool_of(p);
+      m->cpu = sched->cfg.pin ? p->cpu : -1;
+      m->rand = 0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(m->id + 1);
+      sched->allm.push_back(m);
+    }
+  }
+  m->nextp = p;
+  m->spinning = spinning;
+  if (m->thread == pthread_t{}) {
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    int err = pthread_create(&m->thread, &attr, m_start, m);
+    pthread_attr_destroy(&attr);
+    if (err != 0) fatal("kgmp: cannot create an OS thread for an M: %s", strerror(err));
+  } else {
+    m->park.wakeup();
+  }
+}
+
+// Parks m until another M hands it a P (or the runtime stops). Go's stopm.
+static void stop_m(M* m) {
+  {
+    LockGuard l(sched->lock);
+    if (sched->stopping.load(std::memory_order_relaxed)) return;
+    M*& head = sched->midle[static_cast<std::size_t>(m->pool)];
+    m->schedlink = head;
+    head = m;
+  }
+  m->park.sleep();
+  m->park.clear();
+  if (m->nextp != nullptr) {
+    acquire_p(m, m->nextp);
+    m->nextp = nullptr;
+  }
+}
+
+// Go's wakep: start a spinning M for an idle P if there is an idle P and no spinning M.
+// Caller: anyone, after making a G runnable.
+static void wake_p() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);  // StoreLoad: queue write vs. the reads
+  if (sched->npidle.load(std::memory_order_relaxed) == 0) return;
+  std::int32_t zero = 0;
+  if (sched->nmspinning.load(std::memory_order_relaxed) != 0 ||
+      !sched->nmspinning.compare_exchange_strong(zero, 1, std::memory_order_seq_cst))
+    return;
+  P* p;
+  {
+    LockGuard l(sched->lock);
+    p = pidle_get(nullptr);
+  }
+  if (p == nullptr) {
+    sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst);
+    return;
+  }
+  start_m(p, true);
+}
+
+static void reset_spinning(M* m) {
+  m->spinning = false;
+  std::int32_t n = sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst) - 1;
+  if (n < 0) fatal("kgmp: internal error: nmspinning=%d < 0", n);
+  wake_p();
+}
+
+// ---- stealing ----
+
+// Steals half of victim's ring (or its runnext) into p; returns one G to run. Go's runqsteal.
+static G* runq_steal(P* p, P* victim, bool steal_next) {
+  G* batch[RunQueue<G>::kSize / 2];
+  std::uint32_t n = victim->runq.grab(batch, false);
+  if (n == 0 && steal_next) {
+    // A running victim is likely about to run its runnext (a G it just readied); give it
+    // ~3 us first, as Go does, rather than take it and lose the pair's cache locality.
+    if (!victim->idle.load(std::memory_order_relaxed)) {
+      timespec t0, t1;
+      clock_gettime(CLOCK_MONOTONIC, &t0);
+      do {
+        cpu_relax();
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+      } while ((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) < 3000);
+    }
+    n = victim->runq.grab(batch, true);
+  }
+  if (n == 0) return nullptr;
+  G* g = batch[--n];
+  if (n > 0) p->runq.put_batch(batch, n);
+  p->c_steals.fetch_add(1, std::memory_order_relaxed);
+  p->c_stolen.fetch_add(n + 1, std::memory_order_relaxed);
+  return g;
+}
+
+static G* steal_work(M* m, P* p) {
+  const std::uint32_t np = static_cast<std::uint32_t>(sched->nprocs);
+  if (np == 1) return nullptr;
+  for (int pass = 0; pass < 4; pass++) {
+    bool last = pass == 3;
+    std::uint32_t pos = fastrand(m) % np;
+    std::uint32_t inc;
+    do {
+      inc = fastrand(m) % np + 1;
+    } while (gcd(inc, np) != 1);
+    for (std::uint32_t i = 0; i < np; i++, pos = (pos + inc) % np) {
+      if (sched->stopping.load(std::memory_order_relaxed)) return nullptr;
+      P* v = &sched->allp[pos];
+      if (v == p) continue;
+      if (G* g = runq_steal(p, v, last)) return g;
+    }
+  }
+  return nullptr;
+}
+
+// ---- finding work ----
+
+// The non-blocking part of find_runnable: every 61st tick the global queue, then the local
+// queue, then the global queue. Caller: p's holder, on any stack.
+static G* runq_next_local(P* p) {
+  if (p->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
+    LockGuard l(sched->lock);
+    if (G* g = globrunq_get(p, 1)) return g;
+  }
+  if (G* g = p->runq.get()) return g;
+  if (sched->runqsize.load(std::memory_order_relaxed) > 0) {
+    LockGuard l(sched->lock);
+    if (G* g = globrunq_get(p, 0)) return g;
+  }
+  return nullptr;
+}
+
+// Go's findRunnable: blocks (parks the M) until it has a G to run; nullptr once the runtime is
+// stopping. Caller: m on g0. On return with a G, m holds a P and may be spinning.
+static G* find_runnable(M* m) {
+  for (;;) {
+    if (sched->stopping.load(std::memory_order_acquire)) return nullptr;
+    P* p = m->p;
+    if (G* g = runq_next_local(p)) return g;
+
+    if (m->spinning || 2 * sched->nmspinning.load(std::memory_order_relaxed) <
+                           sched->nprocs - sched->npidle.load(std::memory_order_relaxed)) {
+      if (!m->spinning) {
+        m->spinning = true;
+        sched->nmspinning.fetch_add(1, std::memory_order_seq_cst);
+      }
+      if (G* g = steal_work(m, p)) return g;
+    }
+
+    {
+      LockGuard l(sched->lock);
+      if (sched->stopping.load(std::memory_order_relaxed)) return nullptr;
+      if (sched->runqsize.load(std::memory_order_relaxed) > 0) {
+        if (G* g = globrunq_get(p, 0)) return g;
+      }
+      pidle_put(release_p(m));
+    }
+
+    if (m->spinning) {
+      m->spinning = false;
+      if (sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst) - 1 < 0)
+        fatal("kgmp: internal error: nmspinning < 0");
+      // Re-check every queue after the decrement (the StoreLoad of the protocol above).
+      bool work = sched->runqsize.load(std::memory_order_seq_cst) > 0;
+      for (int i = 0; i < sched->nprocs && !work; i++) work = !sched->allp[i].runq.empty();
+      if (work) {
+        P* q;
+        {
+          LockGuard l(sched->lock);
+          q = pidle_get(sched->cfg.pin ? p : nullptr);
+        }
+        if (q != nullptr) {
+          acquire_p(m, q);
+          m->spinning = true;
+          sched->nmspinning.fetch_add(1, std::memory_order_seq_cst);
+          continue;
+        }
+      }
+    }
+    p->c_parks.fetch_add(1, std::memory_order_relaxed);
+    stop_m(m);
+    if (m->p == nullptr) return nullptr;  // woken to stop
+  }
+}
+
+// ---- switching ----
+
+static void g_free(P* p, G* g);
+
+// Runs the action the previous G asked for, now that its context is saved. Caller: m, right
+// after any switch, on the new stack.
+static void finish_switch(M* m) {
+  After a = m->after;
+  if (a == After::kNone) return;
+  G* g = m->after_g;
+  m->after = After::kNone;
+  m->after_g = nullptr;
+  switch (a) {
+    case After::kYield:
+      g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+      runq_put(m->p, g, false);
+      break;
+    case After::kPark:
+      g->status.store(GStatus::kWaiting, std::memory_order_release);
+      if (m->unlockf != nullptr) {
+        auto f = m->unlockf;
+        m->unlockf = nullptr;
+        f(m->unlock_arg);
+      }
+      break;
+    case After::kExit:
+      san_fiber_destroy(g);
+      g_free(m->p, g);
+      break;
+    case After::kNone:
+      break;
+  }
+}
+
+// Switches from `from` (the running G or g0) to `to`. Returns when something switches back to
+// `from`, possibly on another M. Caller: m with m->curg already set to `to` (or null for g0).
+static void switch_to(M* m, G* from, G* to) {
+  if (from->canary != nullptr && *from->canary != kStackCanary) stack_overflow(from, nullptr);
+  bool dying = m->after == After::kExit && m->after_g == from;
+  san_start_switch(from, to, dying);
+  kgmp_ctx_switch(&from->sp, to->sp);
+  san_finish_switch(from);
+  finish_switch(getm());
+}
+
+// Starts running g on m (from g0 or from a G). Caller: m holding a P.
+static void execute(M* m, G* from, G* g) {
+  P* p = m->p;
+  p->schedtick++;
+  p->c_schedticks.fetch_add(1, std::memory_order_relaxed);
+  p->c_runs.fetch_add(1, std::memory_order_relaxed);
+  g->status.store(GStatus::kRunning, std::memory_order_relaxed);
+  m->curg = g;
+  switch_to(m, from, g);
+}
+
+// The scheduler loop of an M, on its g0.
+static void schedule(M* m) {
+  for (;;) {
+    finish_switch(m);
+    G* g = find_runnable(m);
+    if (g == nullptr) break;
+    if (m->spinning) reset_spinning(m);
+    execute(m, &m->g0, g);
+  }
+}
+
+// Leaves the current G (with action a) for the next runnable G of this P, or for g0.
+// Caller: the running G, its M holding a P.
+static void leave_g(After a) {
+  M* m = getm();
+  G* gp = m->curg;
+  m->after = a;
+  m->after_g = gp;
+  G* next = sched->stopping.load(std::memory_order_relaxed) ? nullptr : runq_next_local(m->p);
+  if (next != nullptr) {
+    execute(m, gp, next);
+  } else {
+    m->curg = nullptr;
+    switch_to(m, gp, &m->g0);
+  }
+}
+
+void gopark(void (*unlockf)(void*), void* arg, const char* reason) {
+  M* m = getm();
+  if (m == nullptr || m->curg == nullptr)
+    fatal("kgmp: a goroutine primitive was used outside a goroutine (%s); call it from code "
+          "running under kgmp::run",
+          reason);
+  m->curg->waitreason = reason;
+  m->unlockf = unlockf;
+  m->unlock_arg = arg;
+  leave_g(After::kPark);
+}
+
+void goready(G* g) {
+  KGMP_CHECK(g->status.load(std::memory_order_acquire) == GStatus::kWaiting);
+  g->waitreason = nullptr;
+  g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  M* m = getm();
+  if (m != nullptr && m->p != nullptr) {
+    runq_put(m->p, g, true);
+  } else {
+    LockGuard l(sched->lock);
+    globrunq_put_batch(g, g, 1);
+  }
+  wake_p();
+}
+
+// ---- G lifecycle ----
+
+struct GLocals {
+  std::vector<std::pair<void*, void (*)(void*)>> slots;
+};
+
+static void g_free(P* p, G* g) {
+  g->status.store(GStatus::kFree, std::memory_order_release);
+  if (!g->pooled) return;  // the main G's stack goes at teardown
+  if (p->ngfree == P::kGCacheMax) {
+    pool.put_batch(p->gfree, P::kGCacheBatch);  // the coldest half
+    std::memmove(p->gfree, p->gfree + P::kGCacheBatch,
+                 sizeof(G*) * (P::kGCacheMax - P::kGCacheBatch));
+    p->ngfree -= P::kGCacheBatch;
+  }
+  p->gfree[p->ngfree++] = g;
+}
+
+static G* g_get(P* p) {
+  if (p == nullptr) {
+    G* g;
+    pool.get_batch(&g, 1);
+    return g;
+  }
+  if (p->ngfree == 0) p->ngfree = pool.get_batch(p->gfree, P::kGCacheBatch);
+  return p->gfree[--p->ngfree];
+}
+
+static void begin_stop();
+
+[[noreturn]] static void panic(G* g, const char* type, const char* what) {
+  fflush(stdout);
+  fprintf(stderr, "panic: goroutine %llu: uncaught exception%s%s: %s\n",
+          static_cast<unsigned long long>(g->goid), type ? " of type " : "", type ? type : "",
+          what);
+  fflush(stderr);
+  _exit(2);
+}
+
+static void g_entry(void* arg) {
+  G* g = static_cast<G*>(arg);
+  san_finish_switch(nullptr);
+  finish_switch(getm());
+  g->started = true;
+  try {
+    g->call(g->closure);
+  } catch (const std::exception& e) {
+    int st = 0;
+    char* name = abi::__cxa_demangle(typeid(e).name(), nullptr, nullptr, &st);
+    panic(g, st == 0 ? name : typeid(e).name(), e.what());
+  } catch (...) {
+    panic(g, nullptr, "(not a std::exception)");
+  }
+  if (g->destroy != nullptr) g->destroy(g->closure);
+  if (g->locals != nullptr) {
+    for (auto it = g->locals->slots.rbegin(); it != g->locals->slots.rend(); ++it)
+      if (it->first != nullptr) it->second(it->first);
+    delete g->locals;
+    g->locals = nullptr;
+  }
+  M* m = getm();
+  m->p->c_exits.fetch_add(1, std::memory_order_relaxed);
+  if (g == sched->main_g) begin_stop();
+  leave_g(After::kExit);
+  __builtin_unreachable();
+}
+
+static std::uint64_t next_goid(P* p) {
+  if (p == nullptr) return sched->goid_gen.fetch_add(1, std::memory_order_relaxed);
+  if (p->goid_next == p->goid_end) {
+    // Go's goidcache: 16 ids per trip to the shared counter.
+    p->goid_next = sched->goid_gen.fetch_add(16, std::memory_order_relaxed);
+    p->goid_end = p->goid_next + 16;
+  }
+  return p->goid_next++;
+}
+
+// Initializes g (its stack memory already set) for a fresh run of call(closure).
+static void* init_g(G* g, std::size_t size, std::size_t align) {
+  auto top = reinterpret_cast<std::uintptr_t>(g->hi);
+  std::uintptr_t c = (top - size) & ~(std::uintptr_t{align < 16 ? 16 : align} - 1);
+  if (c < reinterpret_cast<std::uintptr_t>(g->lo) + (g->hi - g->lo) / 2)
+    fatal("kgmp: a goroutine's closure of %zu bytes does not fit in half of its %zu-byte "
+          "stack; capture less by value or raise Config::stack_size",
+          size, static_cast<std::size_t>(g->hi - g->lo));
+  g->closure = reinterpret_cast<void*>(c);
+  g->sp = make_context(reinterpret_cast<char*>(c & ~std::uintptr_t{15}), g_entry, g);
+  g->schedlink = nullptr;
+  g->started = false;
+  g->locals = nullptr;
+  g->waitreason = nullptr;
+  san_fiber_create(g);
+  return g->closure;
+}
+
+G* new_g(std::size_t size, std::size_t align, void (*call)(void*), void (*destroy)(void*),
+         void** closure) {
+  if (sched == nullptr)
+    fatal("kgmp: kgmp::go called while no runtime runs; call it from code running under "
+          "kgmp::run");
+  M* m = getm();
+  P* p = m != nullptr ? m->p : nullptr;
+  G* g = g_get(p);
+  *closure = init_g(g, size, align);
+  g->call = call;
+  g->destroy = destroy;
+  g->goid = next_goid(p);
+  return g;
+}
+
+void start_g(G* g) {
+  g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  M* m = getm();
+  if (m != nullptr && m->p != nullptr && m->curg != nullptr) {
+    m->p->c_spawns.fetch_add(1, std::memory_order_relaxed);
+    runq_put(m->p, g, true);
+  } else {
+    sched->outside_spawns.fetch_add(1, std::memory_order_relaxed);
+    LockGuard l(sched->lock);
+    globrunq_put_batch(g, g, 1);
+  }
+  wake_p();
+}
+
+// ---- Ms ----
+
+static void m_init_thread(M* m) {
+  t_m = m;
+  m->tid = static_cast<pid_t>(syscall(SYS_gettid));
+  if (m->cpu >= 0) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(m->cpu, &set);
+    if (sched_setaffinity(0, sizeof set, &set) != 0)
+      fatal("kgmp: cannot pin thread %d to CPU %d: %s; run with Config::pin = false", m->tid,
+            m->cpu, strerror(errno));
+  }
+  pthread_attr_t attr;
+  void* addr = nullptr;
+  std::size_t size = 0;
+  if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+    pthread_attr_getstack(&attr, &addr, &size);
+    pthread_attr_destroy(&attr);
+  }
+  m->g0.lo = static_cast<char*>(addr);
+  m->g0.hi = static_cast<char*>(addr) + size;
+  m->g0.goid = 0;
+  san_fiber_current(&m->g0);
+  m->altstack = install_altstack(&m->saved_altstack);
+}
+
+static void* m_start(void* arg) {
+  M* m = static_cast<M*>(arg);
+  m_init_thread(m);
+  acquire_p(m, m->nextp);
+  m->nextp = nullptr;
+  schedule(m);
+  if (m->p != nullptr) release_p(m);
+  remove_altstack(m->altstack, nullptr);
+  t_m = nullptr;
+  return nullptr;
+}
+
+// The main G returned: stop every M at its next scheduling point (Go exits the process here;
+// kgmp returns from run() instead, so tests and programs may run it again).
+static void begin_stop() {
+  LockGuard l(sched->lock);
+  sched->stopping.store(true, std::memory_order_release);
+  for (M*& head : sched->midle) {
+    while (head != nullptr) {
+      M* m = head;
+      head = m->schedlink;
+      m->nextp = nullptr;
+      m->park.wakeup();
+    }
+  }
+}
+
+static std::vector<ProcStats> snapshot_procs() {
+  std::vector<ProcStats> v;
+  if (sched == nullptr) return last_procs;
+  for (int i = 0; i < sched->nprocs; i++) {
+    const P& p = sched->allp[i];
+    ProcStats s;
+    s.id = p.id;
+    s.cpu = sched->cfg.pin ? p.cpu : -1;
+    s.schedticks = p.c_schedticks.load(std::memory_order_relaxed);
+    s.runs = p.c_runs.load(std::memory_order_relaxed);
+    s.spawns = p.c_spawns.load(std::memory_order_relaxed);
+    s.steals = p.c_steals.load(std::memory_order_relaxed);
+    s.stolen = p.c_stolen.load(std::memory_order_relaxed);
+    s.globrunq_takes = p.c_globtakes.load(std::memory_order_relaxed);
+    s.parks = p.c_parks.load(std::memory_order_relaxed);
+    s.runq_len = const_cast<P&>(p).runq.size();
+    v.push_back(s);
+  }
+  return v;
+}
+
+// After every M but M0 has exited: account for abandoned Gs and give all memory back.
+static void teardown(M* m0, G* main_g) {
+  RunStats st;
+  for (int i = 0; i < sched->nprocs; i++) {
+    P& p = sched->allp[i];
+    if (p.ngfree > 0) pool.put_batch(p.gfree, p.ngfree);
+    p.ngfree = 0;
+    st.spawned += p.c_spawns.load(std::memory_order_relaxed);
+    st.exited += p.c_exits.load(std::memory_order_relaxed);
+  }
+  st.spawned += 1 + sched->outside_spawns.load();  // the main G, and Gs from outside
+  pool.for_each_g([&](G* g) {
+    GStatus s = g->status.load(std::memory_order_acquire);
+    if (s == GStatus::kFree) return;
+    st.abandoned++;
+    if (!g->started && g->destroy != nullptr) g->destroy(g->closure);
+    san_fiber_destroy(g);
+  });
+  st.stacks_carved = pool.carved();
+  st.stacks_guarded = pool.guarded();
+  st.stacks_free = pool.free_count();
+  std::vector<M*> allm;
+  {
+    LockGuard l(sched->lock);
+    allm = sched->allm;
+  }
+  st.threads = allm.size();
+  last_procs = snapshot_procs();
+  last_stats = st;
+  pool.destroy();
+  san_fiber_destroy(main_g);
+  munmap(main_g->lo - sysconf(_SC_PAGESIZE), kMainStack + sysconf(_SC_PAGESIZE));
+  remove_altstack(m0->altstack, &m0->saved_altstack);
+  if (sched->cfg.pin) sched_setaffinity(0, sizeof sched->saved_mask, &sched->saved_mask);
+  for (M* m : allm) delete m;
+  ::operator delete[](sched->allp, std::align_val_t{64});
+  delete sched;
+  sched = nullptr;
+  t_m = nullptr;
+}
+
+static G* make_main_g(void (*call)(void*), void* closure) {
+  const std::size_t ps = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  void* mem = mmap(nullptr, kMainStack + ps, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+  if (mem == MAP_FAILED) fatal("kgmp: cannot map the main goroutine's stack: %s", strerror(errno));
+  mprotect(mem, ps, PROT_NONE);
+  char* lo = static_cast<char*>(mem) + ps;
+  auto top = reinterpret_cast<std::uintptr_t>(lo + kMainStack - sizeof(G)) & ~std::uintptr_t{63};
+  G* g = new (reinterpret_cast<void*>(top)) G();
+  g->lo = lo;
+  g->hi = reinterpret_cast<char*>(g);
+  g->pooled = false;
+  init_g(g, 0, 16);
+  g->closure = closure;
+  g->call = call;
+  g->destroy = nullptr;
+  g->goid = 1;
+  return g;
+}
+
+void run_main(void (*call)(void*), void* closure, const Config& cfg) {
+  if (sched != nullptr || getm() != nullptr)
+    fatal("kgmp: kgmp::run called while a runtime runs; it is not reentrant");
+  absl::StatusOr<Resolved> r = resolve_config(cfg);
+  if (!r.ok()) {
+    fprintf(stderr, "kgmp: %s\n", std::string(r.status().message()).c_str());
+    fflush(stderr);
+    exit(2);
+  }
+  sched = new Sched();
+  sched->cfg = r->cfg;
+  sched->nprocs = r->cfg.procs;
+  sched->cpus = r->cpus;
+  sched->allp = static_cast<P*>(
+      ::operator new[](sizeof(P) * static_cast<std::size_t>(sched->nprocs), std::align_val_t{64}));
+  for (int i = 0; i < sched->nprocs; i++) {
+    P* p = new (&sched->allp[i]) P();
+    p->id = i;
+    p->cpu = sched->cpus[static_cast<std::size_t>(i)];
+  }
+  pool.init(r->cfg.stack_size, guard_budget());
+  install_signal_handlers();
+  sched_getaffinity(0, sizeof sched->saved_mask, &sched->saved_mask);
+
+  M* m0 = new M();
+  m0->cpu = sched->cfg.pin ? sched->cpus[0] : -1;
+  m0->rand = 0x9e3779b97f4a7c15ULL;
+  {
+    LockGuard l(sched->lock);
+    sched->midle.assign(static_cast<std::size_t>(sched->cfg.pin ? sched->nprocs : 1), nullptr);
+    sched->allm.push_back(m0);
+    for (int i = sched->nprocs - 1; i >= 1; i--) pidle_put(&sched->allp[i]);
+  }
+  m_init_thread(m0);
+  m0->thread = pthread_self();
+  acquire_p(m0, &sched->allp[0]);
+  G* main_g = make_main_g(call, closure);
+  sched->main_g = main_g;
+  main_g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  runq_put(m0->p, main_g, false);
+
+  schedule(m0);
+
+  if (m0->p != nullptr) release_p(m0);
+  std::vector<M*> others;
+  {
+    LockGuard l(sched->lock);
+    others.assign(sched->allm.begin() + 1, sched->allm.end());
+  }
+  for (M* m : others) pthread_join(m->thread, nullptr);
+  teardown(m0, main_g);
+}
+
+// ---- small public API ----
+
+void* glocal_get(std::size_t key, void* (*make)(), void (*destroy)(void*)) {
+  M* m = getm();
+  if (m == nullptr || m->curg == nullptr)
+    fatal("kgmp: GLocal::get called outside a goroutine; call it from code running under "
+          "kgmp::run");
+  G* g = m->curg;
+  if (g->locals == nullptr) g->locals = new GLocals();
+  auto& s = g->locals->slots;
+  if (s.size() <= key) s.resize(key + 1, {nullptr, nullptr});
+  if (s[key].first == nullptr) s[key] = {make(), destroy};
+  return s[key].first;
+}
+
+std::size_t glocal_key() {
+  static std::atomic<std::size_t> next{0};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+
+RunStats last_run_stats() { return last_stats; }
+
+std::size_t live_stacks_now() {
+  return sched == nullptr ? 0 : pool.carved() - pool.free_count();
+}
+
+int current_p() {
+  M* m = getm();
+  return m != nullptr && m->p != nullptr ? m->p->id : -1;
+}
+int current_p_cpu() {
+  M* m = getm();
+  return m != nullptr && m->p != nullptr ? m->p->cpu : -1;
+}
+
+}  // namespace internal
+
+void yield() {
+  using namespace internal;
+  M* m = getm();
+  if (m == nullptr || m->curg == nullptr) return;
+  P* p = m->p;
+  if (sched->stopping.load(std::memory_order_relaxed)) {
+    leave_g(After::kYield);
+    return;
+  }
+  if (p->runq.empty() && sched->runqsize.load(std::memory_order_relaxed) == 0) return;
+  leave_g(After::kYield);
+}
+
+std::uint64_t goid() {
+  internal::M* m = internal::getm();
+  return m != nullptr && m->curg != nullptr ? m->curg->goid : 0;
+}
+
+int procs() { return internal::sched != nullptr ? internal::sched->nprocs : 0; }
+
+std::vector<ProcStats> proc_stats() { return internal::snapshot_procs(); }
+
+}  // namespace kgmp

@@ -1,0 +1,165 @@
+// sched.h — the runtime's data structures: G, M, P and the global scheduler state.
+//
+// The rules are Go's (proc.go), the names too, so that proc.go maps onto sched.cpp:
+//   G  a goroutine: a stack, a saved stack pointer and a closure. Its header lives at the top
+//      of its own stack (stack.cpp), so a G costs no allocation beyond its stack.
+//   M  an OS thread. It runs the scheduler on g0 (its native stack) and Gs on theirs.
+//   P  a processor: the right to run Gs, a local run queue, a stack cache. P i is bound to CPU
+//      i of the affinity mask; an M only ever holds its own CPU's P (DESIGN §1), so when Ms are
+//      pinned, the idle Ms are kept per P ("per core").
+//
+// Ownership: a P's fields are written only by the M holding it (counters are relaxed atomics so
+// that telemetry may read them). Sched's fields under `lock` are marked ABSL_GUARDED_BY; the
+// atomics beside them are the lock-free parts of Go's protocol (npidle, nmspinning,
+// runqsize).
+#pragma once
+
+#include <pthread.h>
+#include <signal.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "futex.h"
+#include "kgmp/runtime.h"
+#include "runq.h"
+
+namespace kgmp::internal {
+
+struct M;
+struct P;
+
+enum class GStatus : std::uint32_t {
+  kFree = 0,  // on a free list (or never used): its stack is available. Fresh memory is 0.
+  kRunnable,  // on a run queue
+  kRunning,   // an M is executing it
+  kWaiting,   // parked on a wait queue (waitreason says which)
+};
+
+struct GLocals;
+
+struct G {
+  void* sp = nullptr;  // saved stack pointer while not running
+  std::uint64_t goid = 0;
+  std::atomic<GStatus> status{GStatus::kFree};
+  G* schedlink = nullptr;  // global run queue, free lists, wait queues
+  // The stack: usable memory is [lo, hi); the G header and closure sit at its top.
+  char* lo = nullptr;
+  char* hi = nullptr;
+  std::uint64_t* canary = nullptr;  // checked at every switch away; null when guard-paged
+  bool pooled = true;               // false for the main G's dedicated stack
+  bool started = false;
+  void (*call)(void*) = nullptr;
+  void (*destroy)(void*) = nullptr;
+  void* closure = nullptr;
+  GLocals* locals = nullptr;
+  const char* waitreason = nullptr;
+  // Sanitizer fiber state (unused otherwise).
+  void* asan_fake_stack = nullptr;
+  void* tsan_fiber = nullptr;
+};
+
+// What the M must do with the G it just switched away from, once the switch is complete (the
+// G's registers are saved, so another M may now run it). Go does this on g0 (mcall(park_m)
+// etc.); kgmp switches G to G directly and runs the action on the new G's stack.
+enum class After : std::uint8_t { kNone, kYield, kPark, kExit };
+
+struct alignas(64) P {
+  int id = 0;
+  int cpu = -1;
+  std::atomic<bool> idle{false};
+  M* m = nullptr;     // the M holding it (written under Sched::lock or by the holder)
+  P* link = nullptr;  // idle list
+  RunQueue<G> runq;
+  std::uint32_t schedtick = 0;
+  // Free Gs (each with its stack), hot first: Go's p.gFree. Refilled from / spilled to the
+  // global pool in batches of kGCacheBatch.
+  static constexpr int kGCacheMax = 64;
+  static constexpr int kGCacheBatch = 32;
+  G* gfree[kGCacheMax];
+  int ngfree = 0;
+  // goid batch (Go's goidcache): ids [goid_next, goid_end).
+  std::uint64_t goid_next = 0, goid_end = 0;
+  // Counters (kgmp/telemetry.h). Written by the holder only.
+  std::atomic<std::uint64_t> c_runs{0}, c_spawns{0}, c_steals{0}, c_stolen{0}, c_globtakes{0},
+      c_parks{0}, c_exits{0}, c_schedticks{0};
+};
+
+// A G-sized stand-in for an M's native stack, so that one switch routine serves G<->G and
+// G<->g0.
+struct M {
+  int id = 0;
+  pid_t tid = 0;
+  int pool = 0;  // index of the idle-M list it belongs to (its P's id when pinned, else 0)
+  int cpu = -1;  // pinned CPU, -1 if not pinned
+  G g0;          // lo/hi: the thread's stack
+  G* curg = nullptr;
+  P* p = nullptr;
+  P* nextp = nullptr;  // handed over by the M that woke it
+  bool spinning = false;
+  Note park;
+  M* schedlink = nullptr;  // idle list
+  pthread_t thread{};
+  // The pending action on the G switched away from (see After).
+  After after = After::kNone;
+  G* after_g = nullptr;
+  void (*unlockf)(void*) = nullptr;
+  void* unlock_arg = nullptr;
+  std::uint64_t rand = 0;  // wyrand state
+  void* altstack = nullptr;
+  stack_t saved_altstack{};  // the thread's own alternate signal stack before it became an M
+};
+
+// The global state of one run() (Go's schedt).
+struct Sched {
+  Lock lock;
+  // Global run queue.
+  G* runq_head ABSL_GUARDED_BY(lock) = nullptr;
+  G* runq_tail ABSL_GUARDED_BY(lock) = nullptr;
+  std::atomic<std::int32_t> runqsize{0};  // written under lock, read racily
+  // Idle Ps and idle Ms (per pool).
+  P* pidle ABSL_GUARDED_BY(lock) = nullptr;
+  std::atomic<std::int32_t> npidle{0};
+  std::atomic<std::int32_t> nmspinning{0};
+  std::vector<M*> midle ABSL_GUARDED_BY(lock);  // one list head per pool
+  std::vector<M*> allm ABSL_GUARDED_BY(lock);
+  std::atomic<bool> stopping{false};
+  std::atomic<std::uint64_t> goid_gen{2};  // the next goid to hand out (the main G is 1)
+  G* main_g = nullptr;
+  std::atomic<std::uint64_t> outside_spawns{0};  // Gs started from threads outside the runtime
+  int nprocs = 0;
+  P* allp = nullptr;
+  Config cfg;
+  std::vector<int> cpus;  // CPU of each P (the affinity mask's CPUs, in order)
+  cpu_set_t saved_mask{};  // M0's affinity before run()
+};
+
+extern Sched* sched;
+
+// The M running on this thread (nullptr outside the runtime). Not inlinable on purpose: a G
+// may resume on another thread after any switch, and a compiler must not reuse a thread_local
+// address computed before it.
+M* getm();
+
+// Parks the calling G with wait reason `reason`; unlockf(arg), if given, runs once the G's
+// context is saved (Go's gopark: release the wait queue's lock there, so that a waker cannot
+// ready the G before it has left its stack). Caller: a running G.
+void gopark(void (*unlockf)(void*), void* arg, const char* reason);
+// Makes a parked G runnable: the current P's runnext when called from a G, else the global
+// queue; then wakes an idle P if any (Go's ready). Caller: anyone, once per park.
+void goready(G* g);
+
+// Fatal errors: print one line (plus state for broken invariants) and abort.
+[[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+#define KGMP_CHECK(cond)                                                              \
+  do {                                                                                \
+    if (__builtin_expect(!(cond), 0))                                                 \
+      ::kgmp::internal::fatal("kgmp: internal error: %s:%d: check failed: %s", __FILE__, \
+                              __LINE__, #cond);                                       \
+  } while (0)
+
+}  // namespace kgmp::internal
