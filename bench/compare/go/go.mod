@@ -1,0 +1,3 @@
+module kgmpbench/compare
+
+go 1.23

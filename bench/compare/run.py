@@ -1,0 +1,448 @@
+#!/usr/bin/env python3
+"""Run kgmp-bench and its Go and Boost.Fiber peers side by side; write RESULTS.md.
+
+Started through the bench/compare/run wrapper. For every case, the three
+implementations run N times each, interleaved (kgmp, Go, Boost.Fiber, kgmp,
+Go, Boost.Fiber, ...) so that machine noise hits all of them alike; every
+invocation is `BINARY CASE [--procs N] --reps 1` and ends with one line
+
+    RESULT <case> <metric>=<median> <metric>_min=<min> <metric>_max=<max> ...
+
+Per metric, the table shows median [min-max] over the N invocations and the
+kgmp/peer ratios of the medians. A case an implementation does not have (exit 3
+with "unsupported: <why>", or exit 2, e.g. an unknown case) or that fails shows
+"n/a" with the reason as a note; it never aborts the run.
+"""
+
+import argparse
+import datetime
+import glob
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+
+CASES = ["spawn", "yield", "fib", "memory", "chan-pingpong", "chan-throughput",
+         "select", "mutex", "sleep"]
+
+DESCRIPTIONS = {
+    "spawn": "The main goroutine spawns 1,000,000 goroutines that each only call "
+             "`Done()` on one shared WaitGroup, then waits; `ns_per_g` = wall / 1e6. "
+             "All CPUs. Boost.Fiber also reports `ns_per_g_pooled` "
+             "(`pooled_fixedsize_stack`).",
+    "yield": "1 P: two goroutines each yield 1,000,000 times; "
+             "`ns_per_switch` = wall / 2,000,000.",
+    "fib": "Parallel fib(32), a goroutine per call above n = 20 joined by a fresh "
+           "WaitGroup, on 1 and 2 Ps, and serial fib(32); `speedup` = ms_1p / ms_2p.",
+    "memory": "100,000 goroutines parked on one gate; `bytes_per_g` = RSS growth / "
+              "100,000. All CPUs.",
+    "chan-pingpong": "Two goroutines bounce an int over two unbuffered channels, "
+                     "1,000,000 round trips; ns per round trip on 1 and 2 Ps.",
+    "chan-throughput": "2 Ps: one producer sends 10,000,000 ints through a channel "
+                       "of capacity 1024 to one consumer; `msgs_per_s`.",
+    "select": "1 P: 5,000,000 × `a <- i; select { case <-a: case <-b: }` "
+              "(b never ready); `ns_per_select`, the send included.",
+    "mutex": "8 goroutines on 2 Ps each do 1,000,000 × lock/counter++/unlock; "
+             "`ns_per_op` = wall / 8,000,000.",
+    "sleep": "10,000 goroutines each sleep 1 ms 100 times, all CPUs; lateness "
+             "percentiles over the 1,000,000 sleeps, and wakeups per second.",
+}
+
+# Boost.Fiber's work_stealing fixes its thread count per process, so the cases
+# defined over two P counts run its binary once per count.
+BOOST_PROCS = {"fib": (1, 2), "chan-pingpong": (1, 2)}
+
+CASE_NOTES = {
+    "fib": "Boost.Fiber runs in two processes (`--procs 1` → ms_1p, `--procs 2` → "
+           "ms_2p); its ms_serial pools the samples of both and its speedup is "
+           "ms_1p / ms_2p of the medians.",
+    "chan-pingpong": "Boost.Fiber runs in two processes (`--procs 1` → ns_1p with "
+                     "1,000,000 round trips, `--procs 2` → ns_2p with 200,000).",
+}
+
+# Metrics derived from the medians when an implementation does not report
+# them itself: name -> (numerator, denominator).
+DERIVED = {"fib": {"speedup": ("ms_1p", "ms_2p")}}
+
+
+@dataclass
+class Impl:
+    key: str    # --only name
+    title: str  # column title
+    binary: Path
+
+
+@dataclass
+class Outcome:
+    """Everything one implementation produced for one case."""
+    samples: dict = field(default_factory=dict)  # metric -> [values], in report order
+    runs_ok: int = 0
+    failures: list = field(default_factory=list)  # why invocations did not give a RESULT
+    na_reason: str = ""  # set once the case is known not to run (unsupported, ...); stops it
+
+
+def higher_is_better(metric):
+    return metric.endswith("_per_s") or metric == "speedup"
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="bench/compare/run",
+        description="Run kgmp-bench, the Go and the Boost.Fiber peers side by side "
+                    "and write a Markdown comparison.")
+    p.add_argument("--runs", type=int, default=5,
+                   help="invocations per case and implementation (default 5)")
+    p.add_argument("--build-dir", default=None,
+                   help="CMake build directory holding bench/kgmp-bench and "
+                        "bench/compare/boostfiber/boostfiber-bench "
+                        "(default: build/release in the repository)")
+    p.add_argument("--cases", default=" ".join(CASES),
+                   help='cases to run, space or comma separated (default: all: "%(default)s")')
+    p.add_argument("--out", default=None,
+                   help="Markdown file to write (default: bench/RESULTS.md in the repository)")
+    p.add_argument("--only", default="kgmp,go,boost",
+                   help="implementations to run, comma separated subset of kgmp,go,boost")
+    p.add_argument("--timeout", type=int, default=300,
+                   help="seconds before one invocation is killed (default 300)")
+    args = p.parse_args(argv)
+    if args.runs < 1:
+        p.error("--runs must be >= 1")
+    args.cases = [c for c in re.split(r"[\s,]+", args.cases) if c]
+    unknown = [c for c in args.cases if c not in CASES]
+    if unknown or not args.cases:
+        p.error(f"unknown case(s) {' '.join(unknown)}; known: {' '.join(CASES)}")
+    args.only = [k for k in args.only.split(",") if k]
+    if not args.only or any(k not in ("kgmp", "go", "boost") for k in args.only):
+        p.error("--only takes a comma separated subset of kgmp,go,boost")
+    args.build_dir = Path(args.build_dir).resolve() if args.build_dir else REPO / "build" / "release"
+    args.out = Path(args.out).resolve() if args.out else REPO / "bench" / "RESULTS.md"
+    return args
+
+
+def shown(path):
+    """A path for messages and the report: relative to the repository if inside it."""
+    try:
+        return str(Path(path).resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
+
+
+def find_go():
+    if os.environ.get("GO"):
+        return os.environ["GO"]
+    if shutil.which("go"):
+        return shutil.which("go")
+    # Debian/Ubuntu golang-1.NN-go packages install here without a PATH entry.
+    found = glob.glob("/usr/lib/go-1.*/bin/go")
+    found.sort(key=lambda p: [int(x) for x in re.findall(r"\d+", p)])
+    return found[-1] if found else None
+
+
+def build_go(build_dir):
+    """Builds the Go peer into BUILD_DIR/bench/compare/go; returns (binary, version)."""
+    go = find_go()
+    if not go:
+        sys.exit("bench/compare/run: no Go toolchain found; put go on PATH or set GO=/path/to/go "
+                 "(or skip Go with --only kgmp,boost)")
+    out = build_dir / "bench" / "compare" / "go"
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, GOCACHE=str(out / "gocache"), GOPATH=str(out / "gopath"),
+               GOTOOLCHAIN="local", GOPROXY="off", GOFLAGS="-mod=mod")
+    binary = out / "go-bench"
+    print(f"building {shown(binary)} ...", file=sys.stderr)
+    r = subprocess.run([go, "build", "-trimpath", "-o", str(binary), "."], cwd=HERE / "go",
+                       env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"bench/compare/run: go build failed:\n{r.stdout}{r.stderr}")
+    version = subprocess.run([go, "version"], env=env, capture_output=True, text=True).stdout.split()
+    return binary, (version[2] if len(version) > 2 else "unknown")
+
+
+def check_binary(path):
+    """Returns path if it is an executable, else exits with how to build it."""
+    if os.access(path, os.X_OK):
+        return path
+    sys.exit(f"bench/compare/run: {shown(path)} not found.\n"
+             "Build kgmp-bench and boostfiber-bench first:\n"
+             "    cmake --preset release && cmake --build --preset release\n"
+             "(or pass --build-dir DIR, or skip implementations with --only, e.g. --only go,boost)")
+
+
+def invocations(impl, case):
+    """Extra arguments for each invocation making up one run of CASE."""
+    if impl.key == "boost" and case in BOOST_PROCS:
+        return [["--procs", str(n)] for n in BOOST_PROCS[case]]
+    return [[]]
+
+
+def parse_result(stdout, case):
+    """Metric -> value from the last RESULT line (the medians; --reps 1)."""
+    lines = [l for l in stdout.splitlines() if l.startswith("RESULT ")]
+    if not lines:
+        return None
+    tokens = lines[-1].split()
+    if len(tokens) < 2 or tokens[1] != case:
+        return None
+    pairs = dict(t.split("=", 1) for t in tokens[2:] if "=" in t)
+    metrics = {}
+    for key, value in pairs.items():
+        if key[-4:] in ("_min", "_max") and key[:-4] in pairs:
+            continue
+        try:
+            metrics[key] = float(value)
+        except ValueError:
+            return None
+    return metrics
+
+
+def first_line(text, prefix=""):
+    for line in text.splitlines():
+        if line.strip() and line.startswith(prefix):
+            return line.strip()
+    return ""
+
+
+def run_once(impl, case, extra, timeout, outcome, info):
+    """One invocation; adds its metrics (or its failure) to outcome."""
+    cmd = [str(impl.binary), case, *extra, "--reps", "1"]
+    label = shlex.join([impl.binary.name, *cmd[1:]])
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        # Do not spend the timeout again on every remaining run.
+        outcome.na_reason = f"`{label}` timed out after {timeout} s"
+        outcome.failures.append(outcome.na_reason)
+        return f"{label}: timed out"
+    for line in r.stdout.splitlines():
+        if line.startswith("# ") and impl.key not in info:
+            info[impl.key] = line[2:]
+    if r.returncode in (2, 3):
+        if r.returncode == 3:
+            why = first_line(r.stdout + "\n" + r.stderr, "unsupported:")
+            why = why.partition(":")[2].strip() or "unsupported (exit 3)"
+        else:  # usage error: the binary does not know this case (yet)
+            why = first_line(r.stderr) or first_line(r.stdout) or "rejected the arguments (exit 2)"
+        outcome.na_reason = why
+        outcome.failures.append(why)
+        return f"{label}: n/a ({why})"
+    metrics = parse_result(r.stdout, case) if r.returncode == 0 else None
+    if metrics is None:
+        if r.returncode < 0:
+            why = f"killed by {signal.Signals(-r.returncode).name}"
+        elif r.returncode:
+            why = f"exit {r.returncode}"
+        else:
+            why = "no valid RESULT line"
+        detail = first_line(r.stderr)
+        outcome.failures.append(f"`{label}` failed: {why}" + (f": {detail}" if detail else ""))
+        return f"{label}: FAILED ({why})"
+    for name, value in metrics.items():
+        outcome.samples.setdefault(name, []).append(value)
+    return f"{label}: " + " ".join(f"{k}={v:g}" for k, v in metrics.items())
+
+
+# ---- report -----------------------------------------------------------------------
+
+
+def fmt(v):
+    """About 3 significant digits; millions as 12.34M."""
+    if abs(v) >= 999_995:
+        return f"{v / 1e6:.2f}M"
+    for limit, digits in ((100, 0), (10, 1), (1, 2)):
+        if abs(v) >= limit - 0.5 * 10 ** -digits:  # also what rounds up to limit
+            return f"{v:.{digits}f}"
+    return f"{v:.3f}"
+
+
+class Notes:
+    """Numbered per-case footnotes for n/a cells and failures."""
+
+    def __init__(self):
+        self.items = []
+
+    def ref(self, text):
+        if text not in self.items:
+            self.items.append(text)
+        return f"[{self.items.index(text) + 1}]"
+
+
+def medians(outcome, case):
+    """Metric -> median, including metrics derived from other medians."""
+    med = {m: statistics.median(v) for m, v in outcome.samples.items()}
+    for name, (num, den) in DERIVED.get(case, {}).items():
+        if name not in med and num in med and den in med and med[den]:
+            med[name] = med[num] / med[den]
+    return med
+
+
+def case_table(case, impls, outcomes, runs):
+    notes = Notes()
+    meds = {i.key: medians(outcomes[i.key], case) for i in impls}
+    metrics = []
+    for i in impls:
+        for m in list(outcomes[i.key].samples) + list(meds[i.key]):
+            if m not in metrics:
+                metrics.append(m)
+
+    def cell(impl, metric):
+        o = outcomes[impl.key]
+        reasons = "; ".join(dict.fromkeys(o.failures))
+        partial = ""
+        if o.samples and o.runs_ok < runs:
+            partial = " " + notes.ref(f"{impl.title}: only {o.runs_ok} of {runs} runs succeeded: {reasons}")
+        if metric in o.samples:
+            v = o.samples[metric]
+            return f"{fmt(statistics.median(v))} [{fmt(min(v))}–{fmt(max(v))}]{partial}"
+        if metric in meds[impl.key]:
+            return f"{fmt(meds[impl.key][metric])} (from medians){partial}"
+        if not o.samples and o.failures:
+            return "n/a " + notes.ref(f"{impl.title}: {reasons}")
+        return "n/a " + notes.ref(f"{impl.title} does not report `{metric}`")
+
+    def ratio(peer, metric):
+        a, b = meds.get("kgmp", {}).get(metric), meds.get(peer, {}).get(metric)
+        return f"{a / b:.2f}" if a is not None and b else "n/a"
+
+    titles = {i.key: i.title for i in impls}
+    head = ["metric"] + [f"{i.title} median [min–max]" for i in impls]
+    peers = [k for k in ("go", "boost") if k in titles and "kgmp" in titles]
+    head += [f"kgmp/{titles[k]}" for k in peers]
+    rows = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
+    for m in metrics:
+        arrow = "↑" if higher_is_better(m) else "↓"
+        row = [f"`{m}` {arrow}"] + [cell(i, m) for i in impls] + [ratio(k, m) for k in peers]
+        rows.append("| " + " | ".join(row) + " |")
+    if not metrics:
+        rows.append("| – | " + " | ".join(cell(i, "any metric") for i in impls)
+                    + " | n/a" * len(peers) + " |")
+
+    commands = ", ".join(f"`{i.binary.name} {case}{' ' + ' '.join(x) if x else ''} --reps 1`"
+                         for i in impls for x in invocations(i, case))
+    out = [f"## {case}", "", DESCRIPTIONS[case], ""] + rows + [""]
+    out += [f"- [{n}] {t}" for n, t in enumerate(notes.items, 1)]
+    if notes.items:
+        out.append("")
+    if case in CASE_NOTES and any(i.key == "boost" for i in impls):
+        out += [CASE_NOTES[case], ""]
+    out += [f"Invocations: {commands}.", ""]
+    return out
+
+
+def machine_info():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.partition(":")[2].strip()
+                    break
+    except OSError:
+        pass
+    ncpu = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cpu, ncpu, platform.release()
+
+
+def kgmp_revision():
+    def git(*a):
+        r = subprocess.run(["git", "-C", str(REPO), *a], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+    rev = git("rev-parse", "--short", "HEAD") or "no commit"
+    return rev + (" + uncommitted changes" if git("status", "--porcelain") else "")
+
+
+def command_line(argv):
+    """The invocation as typed from the repository root, without local absolute paths."""
+    args = []
+    for a in argv:
+        prefix, eq, value = a.partition("=")
+        p = value if eq else a
+        if os.path.isabs(p) and shown(p) != p:
+            p = shown(p)
+        args.append(f"{prefix}={p}" if eq else p)
+    return shlex.join(["bench/compare/run", *args])
+
+
+def report(args, argv, impls, outcomes, started, info, go_version):
+    cpu, ncpu, kernel = machine_info()
+    keys = {i.key for i in impls}
+    versions = []
+    if "kgmp" in keys:
+        versions.append(f"kgmp {kgmp_revision()}")
+    if "go" in keys:
+        versions.append(f"Go {go_version}")
+    if "boost" in keys:
+        m = re.match(r"Boost\.Fiber (\S+)", info.get("boost", ""))
+        versions.append(f"Boost.Fiber {m.group(1) if m else 'unknown'}"
+                        " (work_stealing; round_robin on 1 thread; default stacks)")
+    lines = [
+        "# kgmp vs Go vs Boost.Fiber",
+        "",
+        f"Generated by `{command_line(argv)}`.",
+        "",
+        f"- Machine: {cpu}, nproc {ncpu}, Linux {kernel}",
+        f"- Date: {started:%Y-%m-%d %H:%M} UTC",
+        f"- Versions: {'; '.join(versions)}",
+        f"- Method: every implementation runs every case {args.runs} times, one "
+        "repetition per process (`--reps 1`), interleaved kgmp → Go → Boost.Fiber so "
+        "that machine noise hits all alike. Cells: median [min–max] over the runs. "
+        "Ratio columns: kgmp median ÷ peer median. ↓ lower is better, ↑ higher is "
+        "better. n/a: the implementation has no such case or metric, or failed "
+        "(reason in the numbered note).",
+        "- Programs: `bench/kgmp-bench`, `bench/compare/go` (Go runtime), "
+        "`bench/compare/boostfiber` (Boost.Fiber); same cases, same work.",
+        "",
+    ]
+    for case in args.cases:
+        lines += case_table(case, impls, outcomes[case], args.runs)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines).rstrip() + "\n")
+
+
+def main(argv):
+    args = parse_args(argv)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    bench = args.build_dir / "bench"
+    impls, go_version = [], ""
+    if "kgmp" in args.only:
+        impls.append(Impl("kgmp", "kgmp", check_binary(bench / "kgmp-bench")))
+    if "boost" in args.only:
+        boost_binary = check_binary(bench / "compare" / "boostfiber" / "boostfiber-bench")
+        impls.append(Impl("boost", "Boost.Fiber", boost_binary))
+    if "go" in args.only:  # built last: fail fast on a missing CMake build first
+        go_binary, go_version = build_go(args.build_dir)
+        impls.append(Impl("go", "Go", go_binary))
+    impls.sort(key=lambda i: ["kgmp", "go", "boost"].index(i.key))
+
+    info = {}
+    outcomes = {case: {i.key: Outcome() for i in impls} for case in args.cases}
+    for case in args.cases:
+        for run in range(1, args.runs + 1):
+            for impl in impls:
+                o = outcomes[case][impl.key]
+                if o.na_reason:
+                    continue
+                failed_before = len(o.failures)
+                for extra in invocations(impl, case):
+                    msg = run_once(impl, case, extra, args.timeout, o, info)
+                    print(f"[{case} {run}/{args.runs}] {msg}", file=sys.stderr, flush=True)
+                    if o.na_reason:
+                        break
+                if len(o.failures) == failed_before:
+                    o.runs_ok += 1
+    report(args, argv, impls, outcomes, started, info, go_version)
+    print(f"wrote {shown(args.out)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

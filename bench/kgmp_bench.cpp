@@ -1,0 +1,230 @@
+// kgmp-bench — one binary, one case per question (DESIGN §8).
+//
+//   kgmp-bench CASE [--procs N] [--reps R]
+//
+// Each case runs R repetitions and ends with one line
+//   RESULT <case> <metric>=<median> <metric>_min=<min> <metric>_max=<max> ...
+// The same workloads exist for Go (bench/compare/go) and Boost.Fiber (bench/compare/boostfiber);
+// bench/compare/run runs the three side by side and writes bench/RESULTS.md. Keep the work
+// here identical to theirs, line for line.
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "kgmp/kgmp.h"
+
+ABSL_FLAG(int, procs, 0, "number of Ps (0: every CPU of the affinity mask)");
+ABSL_FLAG(int, reps, 5, "repetitions; the RESULT line holds their median, min and max");
+
+namespace {
+
+using Metrics = std::map<std::string, double>;
+
+struct Case {
+  const char* name;
+  const char* help;
+  std::function<Metrics(int procs)> run;
+};
+
+double ms_since(absl::Time t0) { return absl::ToDoubleMilliseconds(absl::Now() - t0); }
+double ns_since(absl::Time t0) { return absl::ToDoubleNanoseconds(absl::Now() - t0); }
+
+kgmp::Config with_procs(int procs) {
+  kgmp::Config c;
+  c.procs = procs;
+  return c;
+}
+
+long rss_bytes() {
+  long pages = 0, resident = 0;
+  if (FILE* f = fopen("/proc/self/statm", "r")) {
+    if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+    fclose(f);
+  }
+  return resident * sysconf(_SC_PAGESIZE);
+}
+
+// spawn: 1,000,000 trivial Gs spawned from the main G, joined with one WaitGroup.
+Metrics bench_spawn(int procs) {
+  constexpr int kN = 1000000;
+  double ns = 0;
+  kgmp::run(
+      [&] {
+        kgmp::WaitGroup wg;
+        absl::Time t0 = absl::Now();
+        wg.add(kN);
+        for (int i = 0; i < kN; i++) kgmp::go([&wg] { wg.done(); });
+        wg.wait();
+        ns = ns_since(t0);
+      },
+      with_procs(procs));
+  return {{"ns_per_g", ns / kN}};
+}
+
+// yield: two Gs on one P, each yielding 1,000,000 times (Go's runtime.Gosched).
+Metrics bench_yield(int) {
+  constexpr int kN = 1000000;
+  double ns = 0;
+  kgmp::run(
+      [&] {
+        kgmp::WaitGroup wg;
+        wg.add(2);
+        absl::Time t0 = absl::Now();
+        for (int g = 0; g < 2; g++)
+          kgmp::go([&wg] {
+            for (int i = 0; i < kN; i++) kgmp::yield();
+            wg.done();
+          });
+        wg.wait();
+        ns = ns_since(t0);
+      },
+      with_procs(1));
+  return {{"ns_per_switch", ns / (2.0 * kN)}};
+}
+
+// fib: fork-join fib(32), a G per call while n > 20, on 1 then 2 Ps in one process.
+long sfib(int n) { return n < 2 ? n : sfib(n - 1) + sfib(n - 2); }
+long pfib(int n) {
+  if (n <= 20) return sfib(n);
+  long a = 0;
+  kgmp::WaitGroup wg;
+  wg.add(1);
+  kgmp::go([&] {
+    a = pfib(n - 1);
+    wg.done();
+  });
+  long b = pfib(n - 2);
+  wg.wait();
+  return a + b;
+}
+double time_pfib(int procs) {
+  double ms = 0;
+  long r = 0;
+  kgmp::run(
+      [&] {
+        absl::Time t0 = absl::Now();
+        r = pfib(32);
+        ms = ms_since(t0);
+      },
+      with_procs(procs));
+  if (r != 2178309) {
+    fprintf(stderr, "fib: wrong result %ld\n", r);
+    exit(1);
+  }
+  return ms;
+}
+Metrics bench_fib(int) {
+  Metrics m;
+  m["ms_1p"] = time_pfib(1);
+  m["ms_2p"] = time_pfib(2);
+  absl::Time t0 = absl::Now();
+  volatile long r = sfib(32);
+  m["ms_serial"] = ms_since(t0);
+  if (r != 2178309) exit(1);
+  m["speedup"] = m["ms_1p"] / m["ms_2p"];
+  return m;
+}
+
+// memory: 100,000 Gs parked on one gate; RSS growth per G (its stack included).
+Metrics bench_memory(int procs) {
+  constexpr int kN = 100000;
+  double per_g = 0;
+  kgmp::run(
+      [&] {
+        kgmp::WaitGroup gate, started, finished;
+        gate.add(1);
+        started.add(kN);
+        finished.add(kN);
+        long before = rss_bytes();
+        for (int i = 0; i < kN; i++)
+          kgmp::go([&] {
+            started.done();
+            gate.wait();
+            finished.done();
+          });
+        started.wait();
+        per_g = static_cast<double>(rss_bytes() - before) / kN;
+        gate.done();
+        finished.wait();
+      },
+      with_procs(procs));
+  return {{"bytes_per_g", per_g}};
+}
+
+const std::vector<Case>& cases() {
+  static const std::vector<Case> all = {
+      {"spawn", "spawn+join of 1,000,000 trivial Gs (ns_per_g)", bench_spawn},
+      {"yield", "two Gs yielding on one P (ns_per_switch)", bench_yield},
+      {"fib", "fork-join fib(32) on 1 and 2 Ps, and serial (ms_1p ms_2p ms_serial speedup)",
+       bench_fib},
+      {"memory", "RSS per parked G, 100,000 Gs (bytes_per_g)", bench_memory},
+  };
+  return all;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  size_t n = v.size();
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string usage = "kgmp-bench CASE [--procs N] [--reps R]\n\ncases:\n";
+  for (const Case& c : cases()) usage += absl::StrFormat("  %-16s %s\n", c.name, c.help);
+  absl::SetProgramUsageMessage(usage);
+  std::vector<char*> args = absl::ParseCommandLine(argc, argv);
+  if (args.size() != 2) {
+    fprintf(stderr, "kgmp-bench: name one case; run kgmp-bench --help for the list\n");
+    return 2;
+  }
+  const Case* c = nullptr;
+  for (const Case& k : cases())
+    if (args[1] == std::string(k.name)) c = &k;
+  if (c == nullptr) {
+    fprintf(stderr, "kgmp-bench: unknown case '%s'; run kgmp-bench --help for the list\n",
+            args[1]);
+    return 2;
+  }
+  int reps = absl::GetFlag(FLAGS_reps), procs = absl::GetFlag(FLAGS_procs);
+  if (reps < 1 || procs < 0) {
+    fprintf(stderr, "kgmp-bench: --reps must be >= 1 and --procs >= 0\n");
+    return 2;
+  }
+  if (absl::Status s = kgmp::check_config(with_procs(procs)); !s.ok()) {
+    fprintf(stderr, "kgmp-bench: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  std::map<std::string, std::vector<double>> runs;
+  std::vector<std::string> order;
+  for (int r = 0; r < reps; r++) {
+    for (const auto& [k, v] : c->run(procs)) {
+      if (runs[k].empty() && r == 0) order.push_back(k);
+      runs[k].push_back(v);
+    }
+  }
+  std::vector<std::string> fields;
+  for (const std::string& k : order) {
+    auto& v = runs[k];
+    fields.push_back(absl::StrFormat("%s=%.3f %s_min=%.3f %s_max=%.3f", k, median(v), k,
+                                     *std::min_element(v.begin(), v.end()), k,
+                                     *std::max_element(v.begin(), v.end())));
+  }
+  printf("RESULT %s %s\n", c->name, absl::StrJoin(fields, " ").c_str());
+  return 0;
+}
