@@ -25,10 +25,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "export_test.h"
 #include "kgmp/kgmp.h"
 
 ABSL_FLAG(int, procs, 0, "number of Ps (0: every CPU of the affinity mask)");
 ABSL_FLAG(int, reps, 5, "repetitions; the RESULT line holds their median, min and max");
+ABSL_FLAG(bool, verbose, false, "after each repetition, print the runtime's accounting to stderr");
 
 namespace {
 
@@ -213,7 +215,20 @@ int main(int argc, char** argv) {
   std::map<std::string, std::vector<double>> runs;
   std::vector<std::string> order;
   for (int r = 0; r < reps; r++) {
-    for (const auto& [k, v] : c->run(procs)) {
+    Metrics m = c->run(procs);
+    if (absl::GetFlag(FLAGS_verbose)) {
+      auto st = kgmp::internal::last_run_stats();
+      fprintf(stderr, "rep %d: Gs=%llu stacks=%zu (guarded %zu) threads=%zu\n", r,
+              static_cast<unsigned long long>(st.spawned), st.stacks_carved, st.stacks_guarded,
+              st.threads);
+      for (const auto& p : kgmp::proc_stats())
+        fprintf(stderr, "  P%d cpu%d: schedticks=%llu runs=%llu spawns=%llu steals=%llu stolen=%llu globrunq=%llu parks=%llu\n",
+                p.id, p.cpu, (unsigned long long)p.schedticks, (unsigned long long)p.runs,
+                (unsigned long long)p.spawns, (unsigned long long)p.steals,
+                (unsigned long long)p.stolen, (unsigned long long)p.globrunq_takes,
+                (unsigned long long)p.parks);
+    }
+    for (const auto& [k, v] : m) {
       if (runs[k].empty() && r == 0) order.push_back(k);
       runs[k].push_back(v);
     }

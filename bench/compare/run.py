@@ -224,6 +224,9 @@ def run_once(impl, case, extra, timeout, outcome, info):
         outcome.na_reason = f"`{label}` timed out after {timeout} s"
         outcome.failures.append(outcome.na_reason)
         return f"{label}: timed out"
+    except OSError as e:  # e.g. the binary is being rebuilt right now
+        outcome.failures.append(f"`{label}` could not start: {e.strerror}")
+        return f"{label}: FAILED (could not start: {e.strerror})"
     for line in r.stdout.splitlines():
         if line.startswith("# ") and impl.key not in info:
             info[impl.key] = line[2:]
