@@ -59,7 +59,7 @@ TEST_F(StackPool, SequentialSpawnsReuseOneStack) {
         }
       },
       kgmp::Config{.procs = 1});
-  EXPECT_LE(last_run_stats().stacks_carved, 2u);
+  EXPECT_LE(last_run_stats().stacks_carved, 8u);  // one carve batch, then reuse
 }
 
 TEST_F(StackPool, StackSizeIsUsable) {

@@ -67,40 +67,56 @@ G* StackPool::g_at(const Chunk& c, std::size_t i) const {
   return reinterpret_cast<G*>(top & ~std::uintptr_t{63});
 }
 
-G* StackPool::carve() {
-  if (chunks_.empty() || chunks_.back().used == chunks_.back().slots) {
-    if (!add_chunk())
-      fatal("kgmp: out of memory: cannot map %zu more bytes of goroutine stacks "
-            "(%zu stacks exist); lower Config::stack_size or the number of goroutines",
-            std::max<std::size_t>(4, kBigChunkBytes / slot_) * slot_, ncarved_);
-  }
-  Chunk& c = chunks_.back();
-  std::size_t i = c.used++;
-  char* start = c.base + i * slot_;
-  G* g = new (g_at(c, i)) G();
+G* StackPool::init_slot(char* start, G* at, bool guarded, bool first) {
+  G* g = new (at) G();
   g->hi = reinterpret_cast<char*>(g);
-  if (c.guarded) {
+  if (guarded) {
     g->lo = start + page_size();
-  } else if (i == 0) {
+  } else if (first) {
     g->lo = start;  // the chunk's guard page is just below
   } else {
     g->lo = start;
     g->canary = reinterpret_cast<std::uint64_t*>(start - kCanaryArea);
     *g->canary = kStackCanary;
   }
-  ncarved_++;
   return g;
 }
 
 int StackPool::get_batch(G** out, int n) {
-  LockGuard l(lock_);
-  int k = 0;
-  while (k < n && free_ != nullptr) {
-    out[k++] = free_;
-    free_ = free_->schedlink;
-    nfree_--;
+  // Fresh slots are reserved under the lock but initialized outside it: writing a slot's
+  // header is its first touch (a page fault, microseconds), and holding the lock meanwhile
+  // would stall every P that returns or takes stacks.
+  constexpr int kCarveBatch = 8;
+  struct Fresh {
+    char* start;
+    G* g;
+    bool guarded, first;
+  } fresh[kCarveBatch];
+  int k = 0, nfresh = 0;
+  {
+    LockGuard l(lock_);
+    while (k < n && free_ != nullptr) {
+      out[k++] = free_;
+      free_ = free_->schedlink;
+      nfree_--;
+    }
+    if (k > 0) return k;
+    while (nfresh < std::min(n, kCarveBatch)) {
+      if (chunks_.empty() || chunks_.back().used == chunks_.back().slots) {
+        if (nfresh > 0) break;
+        if (!add_chunk())
+          fatal("kgmp: out of memory: cannot map %zu more bytes of goroutine stacks "
+                "(%zu stacks exist); lower Config::stack_size or the number of goroutines",
+                std::max<std::size_t>(4, kBigChunkBytes / slot_) * slot_, ncarved_);
+      }
+      Chunk& c = chunks_.back();
+      std::size_t i = c.used++;
+      fresh[nfresh++] = Fresh{c.base + i * slot_, g_at(c, i), c.guarded, i == 0};
+      ncarved_++;
+    }
   }
-  if (k == 0) out[k++] = carve();
+  for (int i = 0; i < nfresh; i++) out[k++] = init_slot(fresh[i].start, fresh[i].g,
+                                                        fresh[i].guarded, fresh[i].first);
   return k;
 }
 

@@ -40,7 +40,8 @@ class StackPool {
   // Unmaps everything. The caller guarantees no G runs.
   void destroy();
 
-  // Takes up to n free Gs into out; returns how many (at least 1: carves a new chunk if needed).
+  // Takes up to n free Gs into out, hottest first; returns how many (at least 1: when none is
+  // free, up to 8 fresh ones are carved, mapping a new chunk if needed).
   int get_batch(G** out, int n);
   void put_batch(G* const* in, int n);
 
@@ -79,7 +80,7 @@ class StackPool {
     bool guarded;
   };
   G* g_at(const Chunk& c, std::size_t i) const;
-  G* carve() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
+  static G* init_slot(char* start, G* at, bool guarded, bool first);
   bool add_chunk() ABSL_EXCLUSIVE_LOCKS_REQUIRED(lock_);
 
   Lock lock_;
