@@ -16,7 +16,6 @@ with "unsupported: <why>", or exit 2, e.g. an unknown case) or that fails shows
 
 import argparse
 import datetime
-import glob
 import os
 import platform
 import re
@@ -63,6 +62,11 @@ DESCRIPTIONS = {
 BOOST_PROCS = {"fib": (1, 2), "chan-pingpong": (1, 2)}
 
 CASE_NOTES = {
+    "spawn": "Boost.Fiber: the main fiber never yields while spawning and work_stealing "
+             "steals one fiber at a time, so nearly all 1,000,000 fibers are alive at once "
+             "(about 12 GB resident with the 128 KiB default stacks) and pooled stacks "
+             "cannot be recycled before the wait; boostfiber-bench reports n/a instead of "
+             "running with less than 14 GB of available memory.",
     "fib": "Boost.Fiber runs in two processes (`--procs 1` → ms_1p, `--procs 2` → "
            "ms_2p); its ms_serial pools the samples of both and its speedup is "
            "ms_1p / ms_2p of the medians.",
@@ -138,14 +142,25 @@ def shown(path):
 
 
 def find_go():
+    """$GO, else go on PATH, else the newest Go of Debian's versioned golang-1.NN-go
+    packages (installed without a PATH entry), located through dpkg."""
     if os.environ.get("GO"):
         return os.environ["GO"]
     if shutil.which("go"):
         return shutil.which("go")
-    # Debian/Ubuntu golang-1.NN-go packages install here without a PATH entry.
-    found = glob.glob("/usr/lib/go-1.*/bin/go")
-    found.sort(key=lambda p: [int(x) for x in re.findall(r"\d+", p)])
-    return found[-1] if found else None
+    try:
+        listed = subprocess.run(["dpkg-query", "-W", "-f", "${Status} ${Package}\n", "golang-1.*-go"],
+                                capture_output=True, text=True).stdout
+    except OSError:
+        return None
+    packages = [l.split()[-1] for l in listed.splitlines() if l.startswith("install ok installed")]
+    packages.sort(key=lambda p: [int(x) for x in re.findall(r"\d+", p)], reverse=True)
+    for package in packages:
+        files = subprocess.run(["dpkg", "-L", package], capture_output=True, text=True).stdout.split()
+        for f in files:
+            if f.endswith("/bin/go") and os.access(f, os.X_OK):
+                return f
+    return None
 
 
 def build_go(build_dir):
@@ -277,7 +292,7 @@ class Notes:
     def ref(self, text):
         if text not in self.items:
             self.items.append(text)
-        return f"[{self.items.index(text) + 1}]"
+        return f"(note {self.items.index(text) + 1})"
 
 
 def medians(outcome, case):
@@ -333,9 +348,8 @@ def case_table(case, impls, outcomes, runs):
     commands = ", ".join(f"`{i.binary.name} {case}{' ' + ' '.join(x) if x else ''} --reps 1`"
                          for i in impls for x in invocations(i, case))
     out = [f"## {case}", "", DESCRIPTIONS[case], ""] + rows + [""]
-    out += [f"- [{n}] {t}" for n, t in enumerate(notes.items, 1)]
     if notes.items:
-        out.append("")
+        out += ["Notes:", ""] + [f"{n}. {t}" for n, t in enumerate(notes.items, 1)] + [""]
     if case in CASE_NOTES and any(i.key == "boost" for i in impls):
         out += [CASE_NOTES[case], ""]
     out += [f"Invocations: {commands}.", ""]
@@ -402,8 +416,8 @@ def report(args, argv, impls, outcomes, started, info, go_version):
         "Ratio columns: kgmp median ÷ peer median. ↓ lower is better, ↑ higher is "
         "better. n/a: the implementation has no such case or metric, or failed "
         "(reason in the numbered note).",
-        "- Programs: `bench/kgmp-bench`, `bench/compare/go` (Go runtime), "
-        "`bench/compare/boostfiber` (Boost.Fiber); same cases, same work.",
+        "- Programs: `kgmp-bench` (bench/kgmp_bench.cpp), `go-bench` (bench/compare/go), "
+        "`boostfiber-bench` (bench/compare/boostfiber); same cases, same work.",
         "",
     ]
     for case in args.cases:
