@@ -50,6 +50,11 @@ struct Config {
   // Upper bound on OS threads (Ms). Reaching it is a fatal error naming this field (Go's
   // debug.SetMaxThreads).
   int max_threads = 10000;
+  // When every goroutine is parked on a runtime primitive and no timer is pending, print
+  // Go's "fatal error: all goroutines are asleep - deadlock!" with each G's wait reason and
+  // exit with status 2. Turn it off when threads outside the runtime wake goroutines (for
+  // example kgmp::go called from a foreign thread): the runtime cannot see them coming.
+  bool detect_deadlock = true;
 };
 
 // Checks `cfg` together with KGMP_MAXPROCS as run() would. The message names the bad value and

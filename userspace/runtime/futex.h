@@ -9,7 +9,9 @@
 // This lock is plain atomics, which TSan and the compiler both understand.
 #pragma once
 
+#include <errno.h>
 #include <linux/futex.h>
+#include <time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -85,6 +87,16 @@ class Note {
   }
   void sleep() {
     while (key_.load(std::memory_order_acquire) == 0) futex_wait(&key_, 0);
+  }
+  // Sleeps until wakeup() or CLOCK_MONOTONIC reaches deadline_ns; returns whether woken.
+  bool sleep_until(std::int64_t deadline_ns) {
+    while (key_.load(std::memory_order_acquire) == 0) {
+      timespec ts{static_cast<time_t>(deadline_ns / 1000000000), static_cast<long>(deadline_ns % 1000000000)};
+      long r = syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&key_),
+                       FUTEX_WAIT_BITSET_PRIVATE, 0, &ts, nullptr, FUTEX_BITSET_MATCH_ANY);
+      if (r != 0 && errno == ETIMEDOUT) return key_.load(std::memory_order_acquire) != 0;
+    }
+    return true;
   }
 
  private:

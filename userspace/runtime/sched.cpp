@@ -41,6 +41,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -48,6 +49,7 @@
 #include <cxxabi.h>
 #include <exception>
 #include <typeinfo>
+#include <string>
 #include <vector>
 
 #include "config.h"
@@ -224,6 +226,7 @@ static void start_m(P* p, bool spinning) {
     if (head != nullptr) {
       m = head;
       head = m->schedlink;
+      m->in_midle = false;
     } else {
       if (static_cast<int>(sched->allm.size()) >= sched->cfg.max_threads)
         fatal("kgmp: thread limit reached: %zu threads (Ms) exist and Config::max_threads is %d; "
@@ -250,22 +253,104 @@ static void start_m(P* p, bool spinning) {
   }
 }
 
-// Parks m until another M hands it a P (or the runtime stops). Go's stopm.
-static void stop_m(M* m) {
-  {
-    LockGuard l(sched->lock);
-    if (sched->stopping.load(std::memory_order_relaxed)) return;
-    M*& head = sched->midle[static_cast<std::size_t>(m->pool)];
-    m->schedlink = head;
-    head = m;
-  }
-  m->park.sleep();
-  m->park.clear();
-  if (m->nextp != nullptr) {
-    acquire_p(m, m->nextp);
-    m->nextp = nullptr;
+// Parks m, without a P, until another M hands it one (nextp), the deadline `until` passes
+// (0: none), or a new earlier timer pokes it; in the last two cases it takes its own P back if
+// idle (any idle P when not pinned), else parks again. Returns with m->p set, or without a P
+// once the runtime is stopping. Go's stopm, plus the timed sleep of findRunnable's netpoll.
+static void stop_m(M* m, std::int64_t until) {
+  for (;;) {
+    {
+      LockGuard l(sched->lock);
+      if (sched->stopping.load(std::memory_order_relaxed)) return;
+      M*& head = sched->midle[static_cast<std::size_t>(m->pool)];
+      m->schedlink = head;
+      head = m;
+      m->in_midle = true;
+      m->sleep_until = until;
+    }
+    // Re-read the timers after publishing sleep_until (add_timer publishes timer0, then scans
+    // the idle Ms): a timer added meanwhile is seen here or pokes this M.
+    std::int64_t e = earliest_timer();
+    bool woken;
+    if (e != 0 && (until == 0 || e < until))
+      woken = false;
+    else if (until == 0)
+      woken = (m->park.sleep(), true);
+    else
+      woken = m->park.sleep_until(until);
+    if (!woken) {
+      // Timed out (or never slept): leave the idle list unless a waker popped us meanwhile, in
+      // which case its wakeup is on the way.
+      bool popped;
+      {
+        LockGuard l(sched->lock);
+        popped = !m->in_midle;
+        if (!popped) {
+          M** pp = &sched->midle[static_cast<std::size_t>(m->pool)];
+          while (*pp != m) pp = &(*pp)->schedlink;
+          *pp = m->schedlink;
+          m->in_midle = false;
+        }
+      }
+      if (popped) m->park.sleep();
+    }
+    m->park.clear();
+    if (m->nextp != nullptr) {
+      acquire_p(m, m->nextp);
+      m->nextp = nullptr;
+      return;
+    }
+    if (sched->stopping.load(std::memory_order_acquire)) return;
+    P* p;
+    {
+      LockGuard l(sched->lock);
+      p = pidle_get(sched->cfg.pin ? &sched->allp[m->pool] : nullptr);
+    }
+    if (p != nullptr) {
+      acquire_p(m, p);
+      return;
+    }
+    until = earliest_timer();
   }
 }
+
+void poke_timer_sleepers(std::int64_t when) {
+  if (sched->npidle.load(std::memory_order_seq_cst) == 0) return;  // every P's M checks timers
+  M* poke = nullptr;
+  {
+    LockGuard l(sched->lock);
+    for (M*& head : sched->midle) {
+      for (M** pp = &head; *pp != nullptr; pp = &(*pp)->schedlink) {
+        M* m = *pp;
+        if (m->sleep_until != 0 && m->sleep_until <= when) continue;  // wakes in time anyway
+        *pp = m->schedlink;
+        m->in_midle = false;
+        m->nextp = nullptr;
+        poke = m;
+        break;
+      }
+      if (poke != nullptr) break;
+    }
+  }
+  if (poke != nullptr) poke->park.wakeup();
+}
+
+// Runs the expired timers of every P (own first). Caller: m holding a P.
+static void check_timers(M* m) {
+  std::int64_t now = 0;
+  for (int k = 0; k < sched->nprocs; k++) {
+    P* q = k == 0 ? m->p : &sched->allp[(m->p->id + k) % sched->nprocs];
+    std::int64_t t0 = q->timers.timer0.load(std::memory_order_relaxed);
+    if (t0 == 0) continue;
+    if (now == 0) now = nanotime();
+    if (t0 <= now) run_timers(q, now);
+  }
+}
+
+// Every P is idle, no G is queued and no timer is pending: unless a thread outside the runtime
+// is going to wake a G (Config::detect_deadlock = false for such programs), nothing ever will.
+// Go's checkdead. Caller: holds sched->lock, after putting the last P on the idle list.
+static void check_dead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock);
 
 // Go's wakep: start a spinning M for an idle P if there is an idle P and no spinning M.
 // Caller: anyone, after making a G runnable.
@@ -365,6 +450,7 @@ static G* find_runnable(M* m) {
   for (;;) {
     if (sched->stopping.load(std::memory_order_acquire)) return nullptr;
     P* p = m->p;
+    check_timers(m);
     if (G* g = runq_next_local(p)) return g;
 
     if (m->spinning || 2 * sched->nmspinning.load(std::memory_order_relaxed) <
@@ -383,6 +469,9 @@ static G* find_runnable(M* m) {
         if (G* g = globrunq_get(p, 0)) return g;
       }
       pidle_put(release_p(m));
+      if (sched->npidle.load(std::memory_order_relaxed) == sched->nprocs &&
+          sched->cfg.detect_deadlock && earliest_timer() == 0)
+        check_dead();
     }
 
     if (m->spinning) {
@@ -407,7 +496,7 @@ static G* find_runnable(M* m) {
       }
     }
     p->c_parks.fetch_add(1, std::memory_order_relaxed);
-    stop_m(m);
+    stop_m(m, earliest_timer());
     if (m->p == nullptr) return nullptr;  // woken to stop
   }
 }
@@ -479,6 +568,14 @@ static void schedule(M* m) {
   }
 }
 
+// Runs p's expired timers, reading the clock only when p has a timer. Caller: p's holder.
+static inline void run_own_timers(P* p) {
+  std::int64_t t0 = p->timers.timer0.load(std::memory_order_relaxed);
+  if (t0 == 0) return;
+  std::int64_t now = nanotime();
+  if (t0 <= now) run_timers(p, now);
+}
+
 // Leaves the current G (with action a) for the next runnable G of this P, or for g0.
 // Caller: the running G, its M holding a P.
 static void leave_g(After a) {
@@ -486,6 +583,7 @@ static void leave_g(After a) {
   G* gp = m->curg;
   m->after = a;
   m->after_g = gp;
+  run_own_timers(m->p);
   G* next = sched->stopping.load(std::memory_order_relaxed) ? nullptr : runq_next_local(m->p);
   if (next != nullptr) {
     execute(m, gp, next);
@@ -507,13 +605,13 @@ void gopark(void (*unlockf)(void*), void* arg, const char* reason) {
   leave_g(After::kPark);
 }
 
-void goready(G* g) {
+void goready(G* g, bool next) {
   KGMP_CHECK(g->status.load(std::memory_order_acquire) == GStatus::kWaiting);
   g->waitreason = nullptr;
   g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
   M* m = getm();
   if (m != nullptr && m->p != nullptr) {
-    runq_put(m->p, g, true);
+    runq_put(m->p, g, next);
   } else {
     LockGuard l(sched->lock);
     globrunq_put_batch(g, g, 1);
@@ -693,10 +791,32 @@ static void begin_stop() {
     while (head != nullptr) {
       M* m = head;
       head = m->schedlink;
+      m->in_midle = false;
       m->nextp = nullptr;
       m->park.wakeup();
     }
   }
+}
+
+static void check_dead() ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  if (sched->runqsize.load(std::memory_order_relaxed) != 0) return;
+  for (int i = 0; i < sched->nprocs; i++)
+    if (!sched->allp[i].runq.empty()) return;
+  fflush(stdout);
+  std::string out = "fatal error: all goroutines are asleep - deadlock!\n";
+  std::vector<const G*> gs;
+  auto collect = [&gs](const G* g) {
+    if (g->status.load(std::memory_order_acquire) == GStatus::kWaiting) gs.push_back(g);
+  };
+  collect(sched->main_g);
+  pool.for_each_g(collect);
+  std::sort(gs.begin(), gs.end(), [](const G* a, const G* b) { return a->goid < b->goid; });
+  for (const G* g : gs)
+    out += "\ngoroutine " + std::to_string(g->goid) + " [" +
+           (g->waitreason != nullptr ? g->waitreason : "waiting") + "]:\n";
+  ssize_t r = write(2, out.data(), out.size());
+  (void)r;
+  _exit(2);
 }
 
 static std::vector<ProcStats> snapshot_procs() {
@@ -755,6 +875,18 @@ static void teardown(M* m0, G* main_g) {
   remove_altstack(m0->altstack, &m0->saved_altstack);
   if (sched->cfg.pin) sched_setaffinity(0, sizeof sched->saved_mask, &sched->saved_mask);
   for (M* m : allm) delete m;
+  for (int i = 0; i < sched->nprocs; i++) {
+    // Timers still pending belong to abandoned Gs or to objects that outlive run(): detach
+    // them, so that a later stop() finds them not pending.
+    TimerHeap& th = sched->allp[i].timers;
+    LockGuard l(th.lock);
+    for (Timer* t : th.heap) {
+      t->p.store(nullptr, std::memory_order_relaxed);
+      t->idx = -1;
+    }
+    th.heap.clear();
+  }
+  for (int i = 0; i < sched->nprocs; i++) sched->allp[i].~P();
   ::operator delete[](sched->allp, std::align_val_t{64});
   delete sched;
   sched = nullptr;
@@ -880,6 +1012,7 @@ void yield() {
     leave_g(After::kYield);
     return;
   }
+  run_own_timers(p);  // a G that only yields must still let due timers fire
   if (p->runq.empty() && sched->runqsize.load(std::memory_order_relaxed) == 0) return;
   leave_g(After::kYield);
 }

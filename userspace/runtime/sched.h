@@ -27,6 +27,7 @@
 #include "futex.h"
 #include "kgmp/runtime.h"
 #include "runq.h"
+#include "timer.h"
 
 namespace kgmp::internal {
 
@@ -75,6 +76,7 @@ struct alignas(64) P {
   M* m = nullptr;     // the M holding it (written under Sched::lock or by the holder)
   P* link = nullptr;  // idle list
   RunQueue<G> runq;
+  TimerHeap timers;
   std::uint32_t schedtick = 0;
   // Free Gs (each with its stack), hot first: Go's p.gFree. Refilled from / spilled to the
   // global pool in batches of kGCacheBatch.
@@ -103,6 +105,10 @@ struct M {
   bool spinning = false;
   Note park;
   M* schedlink = nullptr;  // idle list
+  // Idle-list state (under Sched::lock): whether it is on the list, and the deadline it sleeps
+  // until there (0: until woken), so that a new earlier timer can poke it.
+  bool in_midle = false;
+  std::int64_t sleep_until = 0;
   pthread_t thread{};
   // The pending action on the G switched away from (see After).
   After after = After::kNone;
@@ -149,9 +155,15 @@ M* getm();
 // context is saved (Go's gopark: release the wait queue's lock there, so that a waker cannot
 // ready the G before it has left its stack). Caller: a running G.
 void gopark(void (*unlockf)(void*), void* arg, const char* reason);
-// Makes a parked G runnable: the current P's runnext when called from a G, else the global
-// queue; then wakes an idle P if any (Go's ready). Caller: anyone, once per park.
-void goready(G* g);
+// Makes a parked G runnable: into the current P's runnext (next = true, Go's ready: a woken
+// partner runs at once) or at the tail of its queue (next = false: timers, so that Gs whose
+// deadlines passed together run in deadline order); the global queue from a thread outside the
+// runtime. Then wakes an idle P if any. Caller: anyone, once per park.
+void goready(G* g, bool next = true);
+
+// A timer that fires at `when` became the earliest of its P: wake an idle M that sleeps past
+// it (or has no deadline) so that it recomputes its sleep. Caller: anyone, after publishing.
+void poke_timer_sleepers(std::int64_t when);
 
 // Fatal errors: print one line (plus state for broken invariants) and abort.
 [[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
