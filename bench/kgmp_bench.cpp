@@ -167,6 +167,129 @@ Metrics bench_memory(int procs) {
   return {{"bytes_per_g", per_g}};
 }
 
+// Runs each function in its own G and waits for all (Go's `both`/`goJoin`).
+template <class... F>
+void both(F&&... f) {
+  kgmp::WaitGroup wg;
+  wg.add(sizeof...(F));
+  (kgmp::go([&wg, &f] {
+     f();
+     wg.done();
+   }),
+   ...);
+  wg.wait();
+}
+
+// chan-pingpong: two Gs bounce an int over two unbuffered channels, 1,000,000 round trips, on
+// 1 then 2 Ps. ns per round trip.
+Metrics bench_chan_pingpong(int) {
+  constexpr int kRounds = 1000000;
+  auto pingpong = [](int procs) {
+    double ns = 0;
+    kgmp::run(
+        [&] {
+          kgmp::Chan<int> ping(0), pong(0);
+          absl::Time t0 = absl::Now();
+          both(
+              [&] {
+                for (int i = 0; i < kRounds; i++) {
+                  ping.send(i);
+                  pong.recv();
+                }
+              },
+              [&] {
+                for (int i = 0; i < kRounds; i++) pong.send(*ping.recv());
+              });
+          ns = ns_since(t0) / kRounds;
+        },
+        with_procs(procs));
+    return ns;
+  };
+  Metrics m;
+  m["ns_1p"] = pingpong(1);
+  m["ns_2p"] = pingpong(2);
+  return m;
+}
+
+// chan-throughput: on 2 Ps one producer sends 10,000,000 ints through a channel of capacity
+// 1024 to one consumer. msgs_per_s.
+Metrics bench_chan_throughput(int) {
+  constexpr long kN = 10000000;
+  double secs = 0;
+  long sum = 0;
+  kgmp::run(
+      [&] {
+        kgmp::Chan<long> ch(1024);
+        absl::Time t0 = absl::Now();
+        both(
+            [&] {
+              for (long i = 0; i < kN; i++) ch.send(i);
+              ch.close();
+            },
+            [&] {
+              for (long v : ch) sum += v;
+            });
+        secs = absl::ToDoubleSeconds(absl::Now() - t0);
+      },
+      with_procs(2));
+  if (sum != kN * (kN - 1) / 2) {
+    fprintf(stderr, "chan-throughput: received sum %ld\n", sum);
+    exit(1);
+  }
+  return {{"msgs_per_s", static_cast<double>(kN) / secs}};
+}
+
+// select: on 1 P, 5,000,000 times `a <- i; select { case <-a: case <-b: }` with a buffered
+// (cap 1) and b an unbuffered channel that is never ready. The send is included.
+Metrics bench_select(int) {
+  constexpr int kN = 5000000;
+  double ns = 0;
+  kgmp::run(
+      [&] {
+        kgmp::Chan<int> a(1), b(0);
+        absl::Time t0 = absl::Now();
+        for (int i = 0; i < kN; i++) {
+          a.send(i);
+          kgmp::select(kgmp::on_recv(a), kgmp::on_recv(b));
+        }
+        ns = ns_since(t0) / kN;
+      },
+      with_procs(1));
+  return {{"ns_per_select", ns}};
+}
+
+// sleep: 10,000 Gs each sleep 1 ms 100 times (on --procs Ps); lateness = measured sleep - 1 ms.
+// p50/p99 lateness in us over all 1,000,000 sleeps, and wakeups_per_s.
+Metrics bench_sleep(int procs) {
+  constexpr int kSleepers = 10000, kRounds = 100;
+  std::vector<double> late(static_cast<std::size_t>(kSleepers) * kRounds);
+  double secs = 0;
+  kgmp::run(
+      [&] {
+        absl::Time t0 = absl::Now();
+        kgmp::WaitGroup wg;
+        wg.add(kSleepers);
+        for (int g = 0; g < kSleepers; g++)
+          kgmp::go([&, g] {
+            for (int r = 0; r < kRounds; r++) {
+              auto s = kgmp::Clock::now();
+              kgmp::sleep_for(std::chrono::milliseconds(1));
+              late[static_cast<std::size_t>(g) * kRounds + r] =
+                  std::chrono::duration<double, std::micro>(kgmp::Clock::now() - s).count() - 1000;
+            }
+            wg.done();
+          });
+        wg.wait();
+        secs = absl::ToDoubleSeconds(absl::Now() - t0);
+      },
+      with_procs(procs));
+  std::sort(late.begin(), late.end());
+  auto pct = [&](double q) { return late[static_cast<std::size_t>(q * (late.size() - 1))]; };
+  return {{"late_p99_us", pct(0.99)},
+          {"late_p50_us", pct(0.50)},
+          {"wakeups_per_s", static_cast<double>(late.size()) / secs}};
+}
+
 const std::vector<Case>& cases() {
   static const std::vector<Case> all = {
       {"spawn", "spawn+join of 1,000,000 trivial Gs (ns_per_g)", bench_spawn},
@@ -174,6 +297,12 @@ const std::vector<Case>& cases() {
       {"fib", "fork-join fib(32) on 1 and 2 Ps, and serial (ms_1p ms_2p ms_serial speedup)",
        bench_fib},
       {"memory", "RSS per parked G, 100,000 Gs (bytes_per_g)", bench_memory},
+      {"chan-pingpong", "unbuffered round trip on 1 and 2 Ps (ns_1p ns_2p)", bench_chan_pingpong},
+      {"chan-throughput", "buffered (1024) 1 producer 1 consumer on 2 Ps (msgs_per_s)",
+       bench_chan_throughput},
+      {"select", "two-case select with one ready, 1 P (ns_per_select)", bench_select},
+      {"sleep", "10,000 Gs sleeping 1 ms 100 times (late_p99_us late_p50_us wakeups_per_s)",
+       bench_sleep},
   };
   return all;
 }

@@ -387,16 +387,12 @@ static G* runq_steal(P* p, P* victim, bool steal_next) {
   G* batch[RunQueue<G>::kSize / 2];
   std::uint32_t n = victim->runq.grab(batch, false);
   if (n == 0 && steal_next) {
-    // A running victim is likely about to run its runnext (a G it just readied); give it
-    // ~3 us first, as Go does, rather than take it and lose the pair's cache locality.
-    if (!victim->idle.load(std::memory_order_relaxed)) {
-      timespec t0, t1;
-      clock_gettime(CLOCK_MONOTONIC, &t0);
-      do {
-        cpu_relax();
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-      } while ((t1.tv_sec - t0.tv_sec) * 1000000000L + (t1.tv_nsec - t0.tv_nsec) < 3000);
-    }
+    // A running victim is likely about to run its runnext (a G it just readied): leave it
+    // there for a while, as Go does with usleep(3), rather than take it and split a
+    // communicating pair over two CPUs. With Linux's default 50 us timer slack the sleep lasts
+    // ~50 us, which is what makes it work: a 3 us spin let chan-throughput's producer and
+    // consumer be pulled apart ~1000 times a second and run 4x slower (bench/RESULTS.md).
+    if (!victim->idle.load(std::memory_order_relaxed)) usleep(3);
     n = victim->runq.grab(batch, true);
   }
   if (n == 0) return nullptr;
