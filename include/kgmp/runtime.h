@@ -105,6 +105,30 @@ void go(F&& f) {
 // runtime.Gosched). Returns at once when nothing else is runnable. Outside a G: no-op.
 void yield();
 
+namespace internal {
+void entersyscall();
+void exitsyscall();
+}  // namespace internal
+
+// Marks a call that may block in the kernel (Go's entersyscall/exitsyscall): returns f().
+// Under the `poll` monitor, the P is handed to another M if f is still blocked after one
+// monitor period (20 us to 10 ms, Go's sysmon back-off); under `trace` it is handed off at
+// once (Go's entersyscallblock), since `trace` sees unmarked blocking anyway. Outside a G it
+// just calls f.
+//
+//   ssize_t n = kgmp::blocking([&] { return read(fd, buf, len); });
+template <class F>
+decltype(auto) blocking(F&& f) {
+  internal::entersyscall();
+  struct Exit {
+    ~Exit() { internal::exitsyscall(); }
+  } exit;
+  return std::forward<F>(f)();
+}
+
+// The name of the monitor the running runtime uses ("trace" or "poll"), nullptr outside it.
+const char* monitor();
+
 // The calling G's id (1 for the main G), 0 outside the runtime.
 std::uint64_t goid();
 

@@ -75,6 +75,14 @@ absl::StatusOr<Resolved> resolve_config(const Config& in) {
   const std::size_t ps = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
   r.cfg.stack_size = (in.stack_size + ps - 1) / ps * ps;
 
+  if (const char* mon = std::getenv("KGMP_MONITOR"); mon != nullptr) {
+    std::string m(mon);
+    if (m != "auto" && m != "trace" && m != "poll")
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "KGMP_MONITOR=\"%s\" is not a monitor; use auto, trace or poll, or unset it", m));
+    r.monitor = m;
+  }
+
   if (in.max_threads < procs)
     return absl::InvalidArgumentError(absl::StrFormat(
         "Config::max_threads=%d is below the %d processors, and each needs its own thread; "

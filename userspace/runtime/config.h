@@ -1,6 +1,7 @@
 // config.h — resolving kgmp::Config against the environment and the affinity mask.
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -11,6 +12,7 @@ namespace kgmp::internal {
 struct Resolved {
   Config cfg;             // procs filled in, stack_size rounded up to pages
   std::vector<int> cpus;  // CPU of P i, i < cfg.procs (the affinity mask's CPUs, in order)
+  std::string monitor = "auto";  // KGMP_MONITOR: auto, trace or poll
 };
 absl::StatusOr<Resolved> resolve_config(const Config& cfg);
 

@@ -55,6 +55,7 @@
 #include "config.h"
 #include "context.h"
 #include "export_test.h"
+#include "monitor.h"
 #include "kgmp/kgmp.h"
 #include "sanitizer.h"
 #include "sched.h"
@@ -123,7 +124,8 @@ static void globrunq_put_batch(G* head, G* tail, int n)
   else
     sched->runq_head = head;
   sched->runq_tail = tail;
-  sched->runqsize.fetch_add(n, std::memory_order_relaxed);
+  sched->shared->hdr.nglobal = static_cast<std::uint32_t>(
+      sched->runqsize.fetch_add(n, std::memory_order_relaxed) + n);
 }
 
 static G* globrunq_pop() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
@@ -142,7 +144,8 @@ static G* globrunq_get(P* p, int max) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock)
   if (n > size) n = size;
   if (max > 0 && n > max) n = max;
   if (n > static_cast<int>(RunQueue<G>::kSize / 2)) n = RunQueue<G>::kSize / 2;
-  sched->runqsize.fetch_sub(n, std::memory_order_relaxed);
+  sched->shared->hdr.nglobal = static_cast<std::uint32_t>(
+      sched->runqsize.fetch_sub(n, std::memory_order_relaxed) - n);
   G* g = globrunq_pop();
   for (int i = 1; i < n; i++) KGMP_CHECK(p->runq.put(globrunq_pop()));
   p->c_globtakes.fetch_add(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
@@ -150,6 +153,14 @@ static G* globrunq_get(P* p, int max) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock)
 }
 
 // ---- local run queue ----
+
+// The queue length BPF reads to decide whether a block is worth reporting. Only the holder
+// writes it, after its own queue operations; thieves leave it stale-high (a spurious report,
+// never a missed one).
+static inline void publish_runq(P* p) {
+  if (sched->publish_work)
+    p->sh->runq_len = p->runq.size() + (p->runq.empty() ? 0u : 1u);
+}
 
 // Moves half of p's full ring plus g to the global queue. Returns false if thieves made room
 // meanwhile (then the caller retries put). Caller: p's holder.
@@ -168,11 +179,15 @@ static bool runq_put_slow(P* p, G* g) {
 static void runq_put(P* p, G* g, bool next) {
   if (next) {
     g = p->runq.put_next(g);
-    if (g == nullptr) return;
+    if (g == nullptr) {
+      publish_runq(p);
+      return;
+    }
   }
   while (!p->runq.put(g)) {
-    if (runq_put_slow(p, g)) return;
+    if (runq_put_slow(p, g)) break;
   }
+  publish_runq(p);
 }
 
 // ---- idle Ps and Ms (Sched::lock) ----
@@ -201,27 +216,51 @@ static P* pidle_get(P* want) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
 
 static int pool_of(const P* p) { return sched->cfg.pin ? p->id : 0; }
 
+// m takes p: the lease names m, in state RUNTIME (m is in the scheduler). Caller: m, owning p
+// (from the idle list, a hand-off, or nextp).
 static void acquire_p(M* m, P* p) {
   KGMP_CHECK(m->p == nullptr && p->m == nullptr);
   m->p = p;
   p->m = m;
+  auto l = lease_ref(p);
+  LeaseWord w = l.load(std::memory_order_relaxed);
+  l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, m->id, KGMP_LEASE_RUNTIME),
+          std::memory_order_release);
+  m->sh->p = static_cast<std::uint32_t>(p->id);
 }
 
 static P* release_p(M* m) {
   P* p = m->p;
   KGMP_CHECK(p != nullptr && p->m == m);
+  auto l = lease_ref(p);
+  LeaseWord w = l.load(std::memory_order_relaxed);
+  KGMP_CHECK(KGMP_LEASE_HOLDER(w) == static_cast<std::uint32_t>(m->id) &&
+             KGMP_LEASE_STATE(w) == KGMP_LEASE_RUNTIME);
+  l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, kNoHolder, KGMP_LEASE_IDLE),
+          std::memory_order_release);
   p->m = nullptr;
   m->p = nullptr;
+  m->sh->p = KGMP_NO_P;
   return p;
 }
 
+
 static void* m_start(void* arg);
+
+// Gives m its slot in the shared memory (and its entry in m_by_id). Caller: holds sched->lock.
+static void init_m_slot(M* m) {
+  m->sh = m->id < KGMP_MAX_MS ? &sched->shared->m[m->id] : &m->own_sh;
+  m->sh->p = KGMP_NO_P;
+  m->sh->cpu = static_cast<std::uint32_t>(m->cpu);
+  sched->m_by_id[static_cast<std::size_t>(m->id)].store(m, std::memory_order_release);
+}
 
 // Starts an M for p: an idle M of p's pool, or a new thread. Go's startm.
 static void start_m(P* p, bool spinning) {
   M* m = nullptr;
   {
     LockGuard l(sched->lock);
+    if (sched->stopping.load(std::memory_order_relaxed)) return;  // no new M once main returned
     M*& head = sched->midle[pool_of(p)];
     if (head != nullptr) {
       m = head;
@@ -234,6 +273,7 @@ static void start_m(P* p, bool spinning) {
               sched->allm.size(), sched->cfg.max_threads);
       m = new M();
       m->id = static_cast<int>(sched->allm.size());
+      init_m_slot(m);
       m->pool = pool_of(p);
       m->cpu = sched->cfg.pin ? p->cpu : -1;
       m->rand = 0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(m->id + 1);
@@ -432,7 +472,10 @@ static G* runq_next_local(P* p) {
     LockGuard l(sched->lock);
     if (G* g = globrunq_get(p, 1)) return g;
   }
-  if (G* g = p->runq.get()) return g;
+  if (G* g = p->runq.get()) {
+    publish_runq(p);
+    return g;
+  }
   if (sched->runqsize.load(std::memory_order_relaxed) > 0) {
     LockGuard l(sched->lock);
     if (G* g = globrunq_get(p, 0)) return g;
@@ -526,6 +569,16 @@ static void finish_switch(M* m) {
       san_fiber_destroy(g);
       g_free(m->p, g);
       break;
+    case After::kRequeue:
+      g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+      {
+        LockGuard l(sched->lock);
+        globrunq_put_batch(g, g, 1);
+      }
+      if (m->requeue_lost) sched->nlostp.fetch_sub(1, std::memory_order_seq_cst);
+      m->requeue_lost = false;
+      wake_p();
+      break;
     case After::kNone:
       break;
   }
@@ -557,6 +610,12 @@ static void execute(M* m, G* from, G* g) {
 static void schedule(M* m) {
   for (;;) {
     finish_switch(m);
+    if (m->p == nullptr) {
+      // A P-less M (its P was handed off while it was blocked): park as a spare of its core
+      // until it is handed a P or its own P is idle again.
+      stop_m(m, 0);
+      if (m->p == nullptr) break;  // stopping
+    }
     G* g = find_runnable(m);
     if (g == nullptr) break;
     if (m->spinning) reset_spinning(m);
@@ -589,12 +648,137 @@ static void leave_g(After a) {
   }
 }
 
+// ---- the P lease (DESIGN §3) ----
+
+// The M lost its P while its G ran (a monitor handed it off): Go's exitsyscall slow path.
+// Caller: enter_runtime, on the G's stack, depth already 1.
+static void lost_p(M* m) {
+  // nlostp (deadlock detection) drops only once the G is on a P or a run queue again.
+  bool handed = m->p != nullptr;
+  if (handed) {
+    m->p = nullptr;  // the P's new holder already owns p->m
+    m->sh->p = KGMP_NO_P;
+  }
+  P* q;
+  {
+    LockGuard l(sched->lock);
+    q = pidle_get(sched->cfg.pin ? &sched->allp[m->pool] : nullptr);
+  }
+  if (q != nullptr) {
+    acquire_p(m, q);
+    if (handed) sched->nlostp.fetch_sub(1, std::memory_order_seq_cst);
+    return;
+  }
+  m->requeue_lost = handed;
+  // No P for us: the G waits on the global queue and this M parks as a spare of its core.
+  G* g = m->curg;
+  m->after = After::kRequeue;
+  m->after_g = g;
+  m->curg = nullptr;
+  switch_to(m, g, &m->g0);
+  // Resumed by an M that holds a P, inside its runtime (depth 1 there).
+}
+
+void enter_runtime() {
+  M* m = getm();
+  if (m == nullptr || m->rt_depth++ > 0) return;
+  if (P* p = m->p) {
+    LeaseWord e = m->lease_expect;
+    if (lease_ref(p).compare_exchange_strong(
+            e, KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(e) + 1, m->id, KGMP_LEASE_RUNTIME),
+            std::memory_order_acq_rel))
+      return;
+  }
+  lost_p(m);
+}
+
+void exit_runtime() {
+  M* m = getm();
+  if (m == nullptr || --m->rt_depth > 0) return;
+  P* p = m->p;
+  if (p == nullptr) return;  // P-less G code (kgmp::blocking under an eager monitor)
+  auto l = lease_ref(p);
+  LeaseWord w = l.load(std::memory_order_relaxed);
+  LeaseWord u = KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, m->id, KGMP_LEASE_USER);
+  m->lease_expect = u;
+  l.store(u, std::memory_order_release);
+}
+
+bool handoff_p(P* p, LeaseWord observed) {
+  if (KGMP_LEASE_STATE(observed) != KGMP_LEASE_USER) return false;
+  if (!lease_ref(p).compare_exchange_strong(
+          observed, KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(observed) + 1, kNoHolder, KGMP_LEASE_RUNTIME),
+          std::memory_order_acq_rel))
+    return false;
+  p->m = nullptr;  // the blocked M learns at its next runtime entry (its CAS fails)
+  p->c_handoffs.fetch_add(1, std::memory_order_relaxed);
+  sched->nlostp.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+bool p_has_work(P* p) {
+  return !p->runq.empty() || sched->runqsize.load(std::memory_order_relaxed) > 0;
+}
+
+void handoff_start(P* p) {
+  if (p_has_work(p)) {
+    start_m(p, false);
+    return;
+  }
+  auto l = lease_ref(p);
+  LeaseWord w = l.load(std::memory_order_relaxed);
+  l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, kNoHolder, KGMP_LEASE_IDLE),
+          std::memory_order_release);
+  LockGuard g(sched->lock);
+  pidle_put(p);
+}
+
+void entersyscall() {
+  M* m = getm();
+  if (m == nullptr || m->curg == nullptr) return;
+  __atomic_store_n(&m->sh->in_blocking, 1u, __ATOMIC_RELEASE);
+  sched->nblocking.fetch_add(1, std::memory_order_seq_cst);
+  if (!sched->monitor->eager_blocking()) {
+    sched->monitor->enter_blocking(m);
+    return;
+  }
+  // Go's entersyscallblock: give the P away now; exitsyscall gets one back.
+  enter_runtime();
+  m = getm();
+  if (P* p = m->p) {
+    auto l = lease_ref(p);
+    LeaseWord w = l.load(std::memory_order_relaxed);
+    l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, kNoHolder, KGMP_LEASE_RUNTIME),
+            std::memory_order_release);
+    p->m = nullptr;
+    m->p = nullptr;
+    m->sh->p = KGMP_NO_P;
+    p->c_handoffs.fetch_add(1, std::memory_order_relaxed);
+    handoff_start(p);
+  }
+  exit_runtime();
+}
+
+void exitsyscall() {
+  M* m = getm();
+  if (m == nullptr || m->curg == nullptr) return;
+  __atomic_store_n(&m->sh->in_blocking, 0u, __ATOMIC_RELEASE);
+  // The CAS finds out whether the P was taken meanwhile, and gets one back (or requeues the G
+  // and resumes it later, maybe on another M). nblocking drops only then, so that deadlock
+  // detection never sees this G as neither blocked nor runnable.
+  enter_runtime();
+  sched->nblocking.fetch_sub(1, std::memory_order_seq_cst);
+  exit_runtime();
+}
+
 void gopark(void (*unlockf)(void*), void* arg, const char* reason) {
   M* m = getm();
   if (m == nullptr || m->curg == nullptr)
     fatal("kgmp: a goroutine primitive was used outside a goroutine (%s); call it from code "
           "running under kgmp::run",
           reason);
+  RuntimeScope rs;
+  m = getm();
   m->curg->waitreason = reason;
   m->unlockf = unlockf;
   m->unlock_arg = arg;
@@ -605,6 +789,7 @@ void goready(G* g, bool next) {
   KGMP_CHECK(g->status.load(std::memory_order_acquire) == GStatus::kWaiting);
   g->waitreason = nullptr;
   g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  RuntimeScope rs;
   M* m = getm();
   if (m != nullptr && m->p != nullptr) {
     runq_put(m->p, g, next);
@@ -659,6 +844,7 @@ static void g_entry(void* arg) {
   san_finish_switch(nullptr);
   finish_switch(getm());
   g->started = true;
+  exit_runtime();  // from here on, user code: the lease says USER
   try {
     g->call(g->closure);
   } catch (const std::exception& e) {
@@ -675,6 +861,7 @@ static void g_entry(void* arg) {
     delete g->locals;
     g->locals = nullptr;
   }
+  enter_runtime();
   M* m = getm();
   m->p->c_exits.fetch_add(1, std::memory_order_relaxed);
   if (g == sched->main_g) begin_stop();
@@ -715,6 +902,7 @@ G* new_g(std::size_t size, std::size_t align, void (*call)(void*), void (*destro
   if (sched == nullptr)
     fatal("kgmp: kgmp::go called while no runtime runs; call it from code running under "
           "kgmp::run");
+  RuntimeScope rs;
   M* m = getm();
   P* p = m != nullptr ? m->p : nullptr;
   G* g = g_get(p);
@@ -727,6 +915,7 @@ G* new_g(std::size_t size, std::size_t align, void (*call)(void*), void (*destro
 
 void start_g(G* g) {
   g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  RuntimeScope rs;
   M* m = getm();
   if (m != nullptr && m->p != nullptr && m->curg != nullptr) {
     m->p->c_spawns.fetch_add(1, std::memory_order_relaxed);
@@ -764,6 +953,8 @@ static void m_init_thread(M* m) {
   m->g0.goid = 0;
   san_fiber_current(&m->g0);
   m->altstack = install_altstack(&m->saved_altstack);
+  m->sh->tid = static_cast<std::uint32_t>(m->tid);
+  sched->monitor->register_m(m);
 }
 
 static void* m_start(void* arg) {
@@ -796,6 +987,10 @@ static void begin_stop() {
 
 static void check_dead() ABSL_NO_THREAD_SAFETY_ANALYSIS {
   if (sched->runqsize.load(std::memory_order_relaxed) != 0) return;
+  // A G blocked in the kernel (marked, or whose P was handed off) will come back.
+  if (sched->nblocking.load(std::memory_order_seq_cst) > 0 ||
+      sched->nlostp.load(std::memory_order_seq_cst) > 0)
+    return;
   for (int i = 0; i < sched->nprocs; i++)
     if (!sched->allp[i].runq.empty()) return;
   fflush(stdout);
@@ -871,6 +1066,8 @@ static void teardown(M* m0, G* main_g) {
   remove_altstack(m0->altstack, &m0->saved_altstack);
   if (sched->cfg.pin) sched_setaffinity(0, sizeof sched->saved_mask, &sched->saved_mask);
   for (M* m : allm) delete m;
+  if (sched->shared_owned) ::operator delete(sched->shared, std::align_val_t{4096});
+  delete sched->monitor;  // after the shared memory it may own is no longer used
   for (int i = 0; i < sched->nprocs; i++) {
     // Timers still pending belong to abandoned Gs or to objects that outlive run(): detach
     // them, so that a later stop() finds them not pending.
@@ -887,6 +1084,30 @@ static void teardown(M* m0, G* main_g) {
   delete sched;
   sched = nullptr;
   t_m = nullptr;
+}
+
+// Picks the monitor (DESIGN §4): KGMP_MONITOR=trace|poll, or auto = trace if it loads, else
+// poll. A failure to load trace is never fatal: poll, and one log line saying why.
+static void choose_monitor(const std::string& want) {
+  std::unique_ptr<Monitor> mon;
+  std::string why;
+  if (want != "poll") {
+    absl::StatusOr<std::unique_ptr<Monitor>> t = make_trace_monitor(sched->nprocs);
+    if (t.ok())
+      mon = std::move(*t);
+    else
+      why = "trace unavailable: " + std::string(t.status().message());
+  } else {
+    why = "KGMP_MONITOR=poll";
+  }
+  if (mon == nullptr) {
+    mon = make_poll_monitor();
+    mon->reason = why;
+  }
+  static std::atomic<bool> logged{false};
+  if (!logged.exchange(true))
+    fprintf(stderr, "kgmp: monitor=%s (%s)\n", mon->name(), mon->reason.c_str());
+  sched->monitor = mon.release();
 }
 
 static G* make_main_g(void (*call)(void*), void* closure) {
@@ -924,10 +1145,27 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
   sched->cpus = r->cpus;
   sched->allp = static_cast<P*>(
       ::operator new[](sizeof(P) * static_cast<std::size_t>(sched->nprocs), std::align_val_t{64}));
+  if (sched->nprocs > KGMP_MAX_PROCS)
+    fatal("kgmp: %d processors asked for; this build supports at most %d (KGMP_MAX_PROCS)",
+          sched->nprocs, KGMP_MAX_PROCS);
+  sched->m_by_id.reset(new std::atomic<M*>[static_cast<std::size_t>(sched->cfg.max_threads) + 1]());
+  choose_monitor(r->monitor);
+  sched->shared = sched->monitor->shared();
+  if (sched->shared == nullptr) {
+    sched->shared = static_cast<kgmp_shared*>(
+        ::operator new(sizeof(kgmp_shared), std::align_val_t{4096}));
+    std::memset(static_cast<void*>(sched->shared), 0, sizeof(kgmp_shared));
+    sched->shared_owned = true;
+  }
+  sched->publish_work = !sched->shared_owned;
+  sched->shared->hdr.nprocs = static_cast<std::uint32_t>(sched->nprocs);
   for (int i = 0; i < sched->nprocs; i++) {
     P* p = new (&sched->allp[i]) P();
     p->id = i;
     p->cpu = sched->cpus[static_cast<std::size_t>(i)];
+    p->sh = &sched->shared->p[i];
+    p->sh->cpu = static_cast<std::uint32_t>(p->cpu);
+    p->sh->lease = KGMP_LEASE_MAKE(0, kNoHolder, KGMP_LEASE_IDLE);
   }
   pool.init(r->cfg.stack_size, guard_budget());
   install_signal_handlers();
@@ -938,6 +1176,7 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
   m0->rand = 0x9e3779b97f4a7c15ULL;
   {
     LockGuard l(sched->lock);
+    init_m_slot(m0);
     sched->midle.assign(static_cast<std::size_t>(sched->cfg.pin ? sched->nprocs : 1), nullptr);
     sched->allm.push_back(m0);
     for (int i = sched->nprocs - 1; i >= 1; i--) pidle_put(&sched->allp[i]);
@@ -949,16 +1188,25 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
   sched->main_g = main_g;
   main_g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
   runq_put(m0->p, main_g, false);
+  sched->monitor->start();
 
   schedule(m0);
 
+  sched->monitor->stop();
+
   if (m0->p != nullptr) release_p(m0);
-  std::vector<M*> others;
-  {
-    LockGuard l(sched->lock);
-    others.assign(sched->allm.begin() + 1, sched->allm.end());
+  // Join every M but M0; none is created once stopping is set (start_m), but one may have been
+  // created just before, so re-read the list until it is stable.
+  for (std::size_t joined = 1;;) {
+    std::vector<M*> others;
+    {
+      LockGuard l(sched->lock);
+      others.assign(sched->allm.begin() + static_cast<std::ptrdiff_t>(joined), sched->allm.end());
+    }
+    if (others.empty()) break;
+    for (M* m : others) pthread_join(m->thread, nullptr);
+    joined += others.size();
   }
-  for (M* m : others) pthread_join(m->thread, nullptr);
   teardown(m0, main_g);
 }
 
@@ -1001,8 +1249,9 @@ int current_p_cpu() {
 
 void yield() {
   using namespace internal;
+  if (getm() == nullptr || getm()->curg == nullptr) return;
+  RuntimeScope rs;
   M* m = getm();
-  if (m == nullptr || m->curg == nullptr) return;
   P* p = m->p;
   if (sched->stopping.load(std::memory_order_relaxed)) {
     leave_g(After::kYield);
@@ -1019,6 +1268,10 @@ std::uint64_t goid() {
 }
 
 int procs() { return internal::sched != nullptr ? internal::sched->nprocs : 0; }
+
+const char* monitor() {
+  return internal::sched != nullptr ? internal::sched->monitor->name() : nullptr;
+}
 
 std::vector<ProcStats> proc_stats() { return internal::snapshot_procs(); }
 

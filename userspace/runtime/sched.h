@@ -19,12 +19,14 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <memory>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "futex.h"
+#include "kgmp_trace.h"
 #include "kgmp/runtime.h"
 #include "runq.h"
 #include "timer.h"
@@ -67,11 +69,20 @@ struct G {
 // What the M must do with the G it just switched away from, once the switch is complete (the
 // G's registers are saved, so another M may now run it). Go does this on g0 (mcall(park_m)
 // etc.); kgmp switches G to G directly and runs the action on the new G's stack.
-enum class After : std::uint8_t { kNone, kYield, kPark, kExit };
+enum class After : std::uint8_t {
+  kNone,
+  kYield,
+  kPark,
+  kExit,
+  kRequeue,  // the M lost its P while the G ran: queue the G globally (DESIGN §3, P-less path)
+};
 
 struct alignas(64) P {
   int id = 0;
   int cpu = -1;
+  // The lease word and the published queue length, in memory the BPF side reads (DESIGN §3;
+  // see lease_ref()). Written only by the lease's holder, or by a hand-off CAS from USER.
+  kgmp_p_shared* sh = nullptr;
   std::atomic<bool> idle{false};
   M* m = nullptr;     // the M holding it (written under Sched::lock or by the holder)
   P* link = nullptr;  // idle list
@@ -89,12 +100,25 @@ struct alignas(64) P {
   // Counters (kgmp/telemetry.h). Written by the holder only.
   std::atomic<std::uint64_t> c_runs{0}, c_spawns{0}, c_steals{0}, c_stolen{0}, c_globtakes{0},
       c_parks{0}, c_exits{0}, c_schedticks{0};
+  std::atomic<std::uint64_t> c_handoffs{0};  // times this P was taken from a blocked M
 };
+
+// The lease word of p as an atomic (it lives in shared memory, a plain __u64 for BPF).
+using LeaseWord = __u64;  // the shared header's type (unsigned long long)
+inline std::atomic_ref<LeaseWord> lease_ref(P* p) { return std::atomic_ref<LeaseWord>(p->sh->lease); }
+inline constexpr std::uint32_t kNoHolder = 0xffff;
 
 // A G-sized stand-in for an M's native stack, so that one switch routine serves G<->G and
 // G<->g0.
 struct M {
-  int id = 0;
+  int id = 0;  // also its slot in kgmp_shared::m and its holder id in lease words
+  kgmp_m_shared* sh = nullptr;  // its slot in shared memory (own_sh beyond KGMP_MAX_MS)
+  kgmp_m_shared own_sh{};
+  // Runtime entry depth: 0 while G code runs, >0 inside the runtime (g0 is always inside).
+  // 0 -> 1 CASes the lease USER -> RUNTIME, 1 -> 0 stores USER (enter_runtime/exit_runtime).
+  int rt_depth = 1;
+  __u64 lease_expect = 0;  // the USER lease word it stored last
+  bool requeue_lost = false;  // the G of a kRequeue was running when its P was handed off
   pid_t tid = 0;
   int pool = 0;  // index of the idle-M list it belongs to (its P's id when pinned, else 0)
   int cpu = -1;  // pinned CPU, -1 if not pinned
@@ -140,6 +164,14 @@ struct Sched {
   int nprocs = 0;
   P* allp = nullptr;
   Config cfg;
+  // The memory shared with the BPF side (the monitor's mmap'd map, or a private copy).
+  kgmp_shared* shared = nullptr;
+  bool shared_owned = false;
+  bool publish_work = false;  // keep kgmp_p_shared::runq_len and hdr.nglobal current
+  struct Monitor* monitor = nullptr;
+  std::unique_ptr<std::atomic<M*>[]> m_by_id;  // M of each id (lease holder), for monitors
+  std::atomic<int> nblocking{0};               // Ms inside kgmp::blocking()
+  std::atomic<int> nlostp{0};  // Ms whose P was handed off and that have not noticed yet
   std::vector<int> cpus;  // CPU of each P (the affinity mask's CPUs, in order)
   cpu_set_t saved_mask{};  // M0's affinity before run()
 };
@@ -164,6 +196,28 @@ void goready(G* g, bool next = true);
 // A timer that fires at `when` became the earliest of its P: wake an idle M that sleeps past
 // it (or has no deadline) so that it recomputes its sleep. Caller: anyone, after publishing.
 void poke_timer_sleepers(std::int64_t when);
+
+// Runtime entry from G code (DESIGN §3): enter_runtime CASes the lease USER -> RUNTIME at
+// depth 0 -> 1 and, if the P was taken while the M was blocked, gets a P back (own core's if
+// idle) or requeues the G and parks the M as a spare (the G resumes later, possibly on another
+// M: re-read getm() after). exit_runtime stores USER at depth 1 -> 0. RuntimeScope pairs them.
+void enter_runtime();
+void exit_runtime();
+struct RuntimeScope {
+  RuntimeScope() { enter_runtime(); }
+  ~RuntimeScope() { exit_runtime(); }
+  RuntimeScope(const RuntimeScope&) = delete;
+  RuntimeScope& operator=(const RuntimeScope&) = delete;
+};
+
+// Takes p from the M that holds it in USER state, by CAS from exactly `observed` (a lease word
+// read by a monitor). On success the caller owns p (RUNTIME, no holder) and must pass it on
+// with handoff_start or acquire it. Caller: a monitor thread or a spare M.
+bool handoff_p(P* p, LeaseWord observed);
+// After a successful handoff_p: start an M for p if it has work, else put it on the idle list.
+void handoff_start(P* p);
+// Whether p has Gs to run (its queue) or the global queue has. Racy; any thread.
+bool p_has_work(P* p);
 
 // Fatal errors: print one line (plus state for broken invariants) and abort.
 [[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));

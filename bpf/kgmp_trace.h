@@ -1,0 +1,79 @@
+/* kgmp_trace.h — the one plain header shared by bpf/kgmp_trace.bpf.c and the runtime.
+ *
+ * It lays out the memory both sides see (DESIGN §3): one BPF_F_MMAPABLE array map with a
+ * single entry, `struct kgmp_shared`, mapped into the runtime with mmap, so the BPF program
+ * filters on the runtime's state with plain loads and the runtime reads BPF's per-M counters
+ * without a syscall. Fixed-width types only; no libc or C++ includes. The C++ side
+ * static_asserts the sizes and offsets.
+ *
+ * Writers:
+ *   kgmp_hdr        runtime (nglobal, under the scheduler lock); BPF (anomaly counters)
+ *   kgmp_p_shared   lease and runq_len: the runtime only. The BPF side never writes a lease.
+ *   kgmp_m_shared   tid..g_start_ns: the runtime; blocks/wakes/last_*: BPF only.
+ */
+#ifndef KGMP_TRACE_H
+#define KGMP_TRACE_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+#define KGMP_MAX_PROCS 64  /* Ps (one per CPU of the affinity mask) */
+#define KGMP_MAX_MS 4096   /* M slots; Ms beyond it are not watched by BPF (poll covers them) */
+#define KGMP_NO_P 0xffffffffu
+
+/* The lease word of a P: bits 0-1 state, bits 2-17 the holder's M slot, bits 18-63 a sequence
+ * number bumped by every successful CAS (so an ABA on holder+state is impossible). */
+#define KGMP_LEASE_IDLE 0u    /* no holder */
+#define KGMP_LEASE_RUNTIME 1u /* the holder is inside scheduler code: never hand off */
+#define KGMP_LEASE_USER 2u    /* the holder runs G code: a block may hand the P off */
+#define KGMP_LEASE_STATE(w) ((__u32)((w)&3u))
+#define KGMP_LEASE_HOLDER(w) ((__u32)(((w) >> 2) & 0xffffu))
+#define KGMP_LEASE_SEQ(w) ((w) >> 18)
+#define KGMP_LEASE_MAKE(seq, holder, state) \
+  ((((__u64)(seq)) << 18) | (((__u64)(holder)&0xffffu) << 2) | ((__u64)(state)&3u))
+
+struct kgmp_hdr {
+  __u32 nprocs;
+  __u32 nglobal;          /* Gs on the global run queue (or waiting for a P) */
+  __u64 events;           /* block events submitted */
+  __u64 dropped;          /* block events lost: ring buffer full */
+  __u64 not_m;            /* switches of tasks of this process that are not registered Ms */
+  __u64 pad[4];
+};
+
+struct kgmp_p_shared {
+  __u64 lease;    /* see KGMP_LEASE_* */
+  __u32 runq_len; /* the holder's view of its local queue + runnext (stale-high is fine) */
+  __u32 cpu;
+  __u64 pad[6];
+};
+
+struct kgmp_m_shared {
+  __u32 tid;
+  __u32 p;            /* the P it holds, or KGMP_NO_P */
+  __u32 cpu;          /* pinned CPU, or -1 */
+  __u32 in_blocking;  /* inside kgmp::blocking() */
+  __u64 curg;         /* goid of the G it runs, 0 if none */
+  __u64 g_start_ns;   /* when that G started running (bpf_ktime_get_ns clock) */
+  __u64 blocks;       /* BPF: times switched out blocked (prev_state != 0) */
+  __u64 wakes;        /* BPF: times woken (sched_wakeup); the runtime compares sequences */
+  __u64 last_block_ns;
+  __u64 last_wake_ns;
+};
+
+struct kgmp_shared {
+  struct kgmp_hdr hdr;
+  struct kgmp_p_shared p[KGMP_MAX_PROCS];
+  struct kgmp_m_shared m[KGMP_MAX_MS];
+};
+
+/* Sent on P p's ring buffer when the M holding p blocks with work pending on p. */
+struct kgmp_block_event {
+  __u32 m;      /* M slot */
+  __u32 p;
+  __u64 lease;  /* the lease word BPF saw (the spare M CASes from exactly this value) */
+  __u64 ts_ns;  /* bpf_ktime_get_ns at the switch */
+};
+
+#endif /* KGMP_TRACE_H */

@@ -1,0 +1,133 @@
+// blocking_test.cpp — hand-off of a P whose M blocks in the kernel, under the poll monitor
+// (no privileges needed): kgmp::blocking() sections, the P lease, and the P-less path.
+// The trace monitor's tests (unmarked blocking) are in tests/bpf.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "export_test.h"
+#include "kgmp/kgmp.h"
+
+namespace {
+
+class Poll : public ::testing::Test {
+ protected:
+  void SetUp() override { setenv("KGMP_MONITOR", "poll", 1); }
+  void TearDown() override { unsetenv("KGMP_MONITOR"); }
+};
+
+// A rescue thread writes the pipe after `after` if the test has not: the test then fails
+// instead of hanging.
+struct Rescue {
+  int fd;
+  std::atomic<bool> done{false}, fired{false};
+  std::thread t;
+  Rescue(int fd, std::chrono::seconds after) : fd(fd) {
+    t = std::thread([this, after] {
+      auto end = std::chrono::steady_clock::now() + after;
+      while (!done && std::chrono::steady_clock::now() < end)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (!done) {
+        fired = true;
+        char c = 'r';
+        (void)!write(this->fd, &c, 1);
+      }
+    });
+  }
+  ~Rescue() {
+    done = true;
+    t.join();
+  }
+};
+
+// With one P, a G blocked in a marked read() must not stop the others: the poll monitor hands
+// the P to another M, and when the read returns, its G continues on some M.
+TEST_F(Poll, BlockedSectionHandsOffTheP) {
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  Rescue rescue(fds[1], std::chrono::seconds(20));
+  std::atomic<long> progress{0};
+  std::atomic<bool> read_ok{false};
+  const char* mon = nullptr;
+  kgmp::run(
+      [&] {
+        mon = kgmp::monitor();
+        kgmp::WaitGroup wg;
+        wg.add(2);
+        kgmp::go([&] {
+          char c;
+          ssize_t n = kgmp::blocking([&] { return read(fds[0], &c, 1); });
+          read_ok = n == 1 && c == 'x';
+          wg.done();
+        });
+        kgmp::go([&] {
+          // Runs only if the P was handed off: the reader's M is blocked in the kernel.
+          for (int i = 0; i < 1000; i++) {
+            progress++;
+            kgmp::yield();
+          }
+          char c = 'x';
+          (void)!write(fds[1], &c, 1);
+          wg.done();
+        });
+        wg.wait();
+      },
+      kgmp::Config{.procs = 1});
+  EXPECT_STREQ(mon, "poll");
+  EXPECT_FALSE(rescue.fired.load()) << "the P was never handed off";
+  EXPECT_TRUE(read_ok.load());
+  EXPECT_EQ(progress.load(), 1000);
+  auto st = kgmp::internal::last_run_stats();
+  EXPECT_EQ(st.spawned, st.exited);
+  EXPECT_GE(st.threads, 2u) << "a second M ran the P";
+  close(fds[0]);
+  close(fds[1]);
+}
+
+// Many Gs block in marked sleeps over 2 Ps while others compute: every G finishes and the
+// teardown accounts for every G and stack (no G lost when Ms lose and regain Ps).
+TEST_F(Poll, ManyBlockingGoroutinesNoneLost) {
+  constexpr int kGs = 2000;
+  std::atomic<int> finished{0};
+  kgmp::run(
+      [&] {
+        kgmp::WaitGroup wg;
+        wg.add(kGs);
+        for (int i = 0; i < kGs; i++)
+          kgmp::go([&, i] {
+            if (i % 4 == 0) {
+              kgmp::blocking([&] { usleep(200 + (i % 7) * 100); });
+            } else {
+              volatile double x = 1;
+              for (int k = 0; k < 2000; k++) x = x * 1.0000001;
+              kgmp::yield();
+            }
+            finished++;
+            wg.done();
+          });
+        wg.wait();
+      });
+  EXPECT_EQ(finished.load(), kGs);
+  auto st = kgmp::internal::last_run_stats();
+  EXPECT_EQ(st.abandoned, 0u);
+  EXPECT_EQ(st.spawned, st.exited);
+  EXPECT_EQ(st.stacks_free, st.stacks_carved);
+}
+
+TEST(MonitorConfig, BadMonitorName) {
+  setenv("KGMP_MONITOR", "magic", 1);
+  absl::Status s = kgmp::check_config();
+  unsetenv("KGMP_MONITOR");
+  EXPECT_EQ(s.message(), "KGMP_MONITOR=\"magic\" is not a monitor; use auto, trace or poll, or unset it");
+}
+
+TEST(MonitorConfig, BlockingOutsideTheRuntimeJustCalls) {
+  EXPECT_EQ(kgmp::blocking([] { return 42; }), 42);
+}
+
+}  // namespace

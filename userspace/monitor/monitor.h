@@ -1,0 +1,50 @@
+// monitor.h — how the runtime learns that an M blocked in the kernel (DESIGN §4).
+//
+// Three implementations behind one interface, the best available chosen at start
+// (KGMP_MONITOR=auto|trace|poll overrides; the choice is logged once with its reason):
+//   poll   Go's sysmon: a thread checks the leases with Go's back-off (20 us doubling to 10 ms)
+//          and hands off a P whose M has been inside kgmp::blocking() for a whole period.
+//   trace  bpf/kgmp_trace.bpf.c on tp_btf/sched_switch reports a block of an M whose lease is
+//          USER while its P has work, on that P's ring buffer; the core's watcher M, blocked on
+//          the ring, takes the P by CAS and runs it: one wakeup, no monitor thread in between.
+//   scx    (next) the project's sched_ext scheduler.
+// Whatever the monitor, a P is only ever taken by CAS from a USER lease (handoff_p), so the
+// runtime's own code never loses its P mid-operation.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "kgmp_trace.h"
+
+namespace kgmp::internal {
+
+struct M;
+
+struct Monitor {
+  virtual ~Monitor() = default;
+  virtual const char* name() const = 0;
+  // The memory shared with BPF (the mmap'd map), or nullptr: the runtime allocates its own.
+  virtual kgmp_shared* shared() { return nullptr; }
+  // Starts the monitor's threads. Caller: run(), once the Ps and M0 exist.
+  virtual void start() = 0;
+  // Stops and joins them. Caller: run(), after the main G returned, before the Ms are joined.
+  virtual void stop() = 0;
+  // m entered kgmp::blocking() (in_blocking published). Caller: m, on its G.
+  virtual void enter_blocking(M* m) = 0;
+  // An M was created: the monitor may watch it (trace: register its tid). Caller: the new M.
+  virtual void register_m(M* m) {}
+  virtual void unregister_m(M* m) {}
+  // Hand the P off at kgmp::blocking() entry (Go's entersyscallblock) rather than wait to
+  // see the block: monitors that see blocks themselves do, so a marked call costs no latency.
+  virtual bool eager_blocking() const { return false; }
+  // One line for the log: what it is and why it was chosen.
+  std::string reason;
+};
+
+std::unique_ptr<Monitor> make_poll_monitor();
+// Fails with a one-line reason (no privileges, no BTF, built without BPF, load failure).
+absl::StatusOr<std::unique_ptr<Monitor>> make_trace_monitor(int nprocs);
+
+}  // namespace kgmp::internal
