@@ -175,19 +175,22 @@ static bool runq_put_slow(P* p, G* g) {
   return true;
 }
 
-// Go's runqput. next: g takes runnext (the old runnext goes to the tail). Caller: p's holder.
-static void runq_put(P* p, G* g, bool next) {
+// Go's runqput. next: g takes runnext (the old runnext goes to the tail). Returns whether the
+// ring overflowed (half of it went to the global queue). Caller: p's holder.
+static bool runq_put(P* p, G* g, bool next) {
   if (next) {
     g = p->runq.put_next(g);
     if (g == nullptr) {
       publish_runq(p);
-      return;
+      return false;
     }
   }
+  bool spilled = false;
   while (!p->runq.put(g)) {
-    if (runq_put_slow(p, g)) break;
+    if ((spilled = runq_put_slow(p, g))) break;
   }
   publish_runq(p);
+  return spilled;
 }
 
 // ---- idle Ps and Ms (Sched::lock) ----
@@ -569,6 +572,7 @@ static void finish_switch(M* m) {
       san_fiber_destroy(g);
       g_free(m->p, g);
       break;
+    case After::kYieldGlobal:
     case After::kRequeue:
       g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
       {
@@ -919,9 +923,19 @@ void start_g(G* g) {
   M* m = getm();
   if (m != nullptr && m->p != nullptr && m->curg != nullptr) {
     m->p->c_spawns.fetch_add(1, std::memory_order_relaxed);
-    runq_put(m->p, g, true);
-  } else {
-    sched->outside_spawns.fetch_add(1, std::memory_order_relaxed);
+    bool spilled = runq_put(m->p, g, true);
+    wake_p();
+    // Spawn back-pressure (not in Go): a G that spawns faster than its P runs what it spawns
+    // overflows the ring every 128 spawns; it then yields to the back of the global queue,
+    // behind the half it just spilled there, so that its children run and their stacks come
+    // back hot before it spawns more. Without it a million-G spawn loop keeps most of the
+    // million alive at once, and every one of them touches a fresh stack page (~3 us here);
+    // Go pays that too, with smaller stacks (bench/RESULTS.md, spawn).
+    if (spilled && !sched->stopping.load(std::memory_order_relaxed)) leave_g(After::kYieldGlobal);
+    return;
+  }
+  sched->outside_spawns.fetch_add(1, std::memory_order_relaxed);
+  {
     LockGuard l(sched->lock);
     globrunq_put_batch(g, g, 1);
   }

@@ -75,6 +75,7 @@ enum class After : std::uint8_t {
   kPark,
   kExit,
   kRequeue,  // the M lost its P while the G ran: queue the G globally (DESIGN §3, P-less path)
+  kYieldGlobal,  // yield to the back of the global queue (spawn back-pressure)
 };
 
 struct alignas(64) P {
