@@ -12,6 +12,7 @@
 // runtime's own code never loses its P mid-operation.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -39,11 +40,24 @@ struct Monitor {
   // Hand the P off at kgmp::blocking() entry (Go's entersyscallblock) rather than wait to
   // see the block: monitors that see blocks themselves do, so a marked call costs no latency.
   virtual bool eager_blocking() const { return false; }
+  // Monitors whose spare Ms wait on a per-P event source (trace): one "watcher" M per P (of
+  // that P's core) blocks in watch(p) until a block event for P p arrives.
+  // watch() waits up to timeout_ms (-1: no limit) and returns 1 with *lease set for an event,
+  // 2 if woken by wake_watcher(p), 0 on timeout.
+  virtual bool has_watchers() const { return false; }
+  virtual int watch(int p, std::uint64_t* lease, int timeout_ms) { return 0; }
+  virtual void wake_watcher(int p) {}
+  // Something changed that the polling backstop should look at now (a P left the idle list,
+  // a watcher took its P). Cheap when nothing sleeps. Caller: any thread.
+  virtual void kick() {}
   // One line for the log: what it is and why it was chosen.
   std::string reason;
 };
 
-std::unique_ptr<Monitor> make_poll_monitor();
+// backstop = false: the poll monitor (kgmp::blocking sections only). backstop = true: the
+// polling half of the trace monitor: it also hands off Ps whose holder BPF saw blocked (a
+// dropped event, or no watcher on the core), and replaces missing watchers.
+std::unique_ptr<Monitor> make_poll_monitor(bool backstop = false);
 // Fails with a one-line reason (no privileges, no BTF, built without BPF, load failure).
 absl::StatusOr<std::unique_ptr<Monitor>> make_trace_monitor(int nprocs);
 

@@ -27,10 +27,15 @@ namespace {
 
 class PollMonitor final : public Monitor {
  public:
+  explicit PollMonitor(bool backstop) : backstop_(backstop) {}
   const char* name() const override { return "poll"; }
+  void kick() override {
+    if (sleeping_.load(std::memory_order_seq_cst)) note_.wakeup();
+  }
 
   void start() override {
     seen_.assign(static_cast<std::size_t>(sched->nprocs), Seen{});
+    missing_seen_.assign(sched->watcher_missing.size(), false);
     pthread_create(&thread_, nullptr, [](void* self) -> void* {
       static_cast<PollMonitor*>(self)->loop();
       return nullptr;
@@ -62,8 +67,7 @@ class PollMonitor final : public Monitor {
       Seen& s = seen_[static_cast<std::size_t>(i)];
       if (KGMP_LEASE_STATE(w) != KGMP_LEASE_USER) continue;
       M* holder = sched->m_by_id[KGMP_LEASE_HOLDER(w)].load(std::memory_order_acquire);
-      if (holder == nullptr || __atomic_load_n(&holder->sh->in_blocking, __ATOMIC_ACQUIRE) == 0)
-        continue;
+      if (holder == nullptr || !blocked(holder)) continue;
       if (s.lease != w) {  // first sighting of this blocking section: wait one period
         s.lease = w;
         s.since = now;
@@ -78,9 +82,26 @@ class PollMonitor final : public Monitor {
     return n;
   }
 
+  // Inside kgmp::blocking(), or (backstop) switched out blocked as BPF last saw it.
+  bool blocked(M* m) const {
+    if (__atomic_load_n(&m->sh->in_blocking, __ATOMIC_ACQUIRE) != 0) return true;
+    return backstop_ && __atomic_load_n(&m->sh->last_block_ns, __ATOMIC_ACQUIRE) >
+                            __atomic_load_n(&m->sh->last_wake_ns, __ATOMIC_ACQUIRE);
+  }
+
+  // Backstop: a pool whose watcher took its P and that no returning M refilled within a
+  // period gets a new one.
+  void refill_watchers() {
+    for (std::size_t i = 0; i < sched->watcher_missing.size(); i++) {
+      bool missing = sched->watcher_missing[i].load(std::memory_order_acquire);
+      if (missing && missing_seen_[i]) start_watcher(static_cast<int>(i));
+      missing_seen_[i] = missing;
+    }
+  }
+
   bool nothing_to_watch() const {
-    return sched->nblocking.load(std::memory_order_seq_cst) == 0 ||
-           sched->npidle.load(std::memory_order_seq_cst) == sched->nprocs;
+    if (sched->npidle.load(std::memory_order_seq_cst) == sched->nprocs) return true;
+    return !backstop_ && sched->nblocking.load(std::memory_order_seq_cst) == 0;
   }
 
   void loop() {
@@ -98,6 +119,7 @@ class PollMonitor final : public Monitor {
       }
       note_.sleep_until(nanotime() + delay);
       note_.clear();
+      if (backstop_) refill_watchers();
       if (retake(nanotime()) > 0) {
         idle = 0;
         delay = 20'000;
@@ -107,6 +129,8 @@ class PollMonitor final : public Monitor {
     }
   }
 
+  const bool backstop_;
+  std::vector<bool> missing_seen_;
   pthread_t thread_{};
   Note note_;
   std::atomic<bool> stop_{false};
@@ -116,6 +140,8 @@ class PollMonitor final : public Monitor {
 
 }  // namespace
 
-std::unique_ptr<Monitor> make_poll_monitor() { return std::make_unique<PollMonitor>(); }
+std::unique_ptr<Monitor> make_poll_monitor(bool backstop) {
+  return std::make_unique<PollMonitor>(backstop);
+}
 
 }  // namespace kgmp::internal

@@ -15,6 +15,8 @@ struct RunStats {
   std::size_t stacks_guarded = 0;
   std::size_t stacks_free = 0;  // carved stacks back in the pool at the end
   std::size_t threads = 0;      // Ms created, M0 included
+  std::uint64_t handoffs = 0;   // Ps taken from blocked Ms
+  std::uint64_t lease_violations = 0;  // with set_lease_check_for_test: two Ms in RUNTIME on a P
 };
 RunStats last_run_stats();
 
@@ -23,6 +25,9 @@ std::size_t live_stacks_now();
 // The P of the calling G and the CPU it is bound to (-1 outside a G).
 int current_p();
 int current_p_cpu();
+// Checks the lease invariant at every runtime entry and exit of the next runs (costs an
+// atomic exchange each): never two Ms inside the runtime on one P.
+void set_lease_check_for_test(bool on);
 // Overrides how many stacks may get guard pages (-1: derive from vm.max_map_count).
 void set_guard_budget_for_test(long stacks);
 

@@ -67,6 +67,8 @@ namespace internal {
 
 Sched* sched = nullptr;
 namespace {
+std::atomic<bool> lease_check{false};
+std::atomic<std::uint64_t> lease_violations{0};
 thread_local M* t_m = nullptr;
 StackPool pool;
 RunStats last_stats;
@@ -221,6 +223,16 @@ static int pool_of(const P* p) { return sched->cfg.pin ? p->id : 0; }
 
 // m takes p: the lease names m, in state RUNTIME (m is in the scheduler). Caller: m, owning p
 // (from the idle list, a hand-off, or nextp).
+// The lease checker (tests): the M inside the runtime on p, or -1.
+static inline void owner_in(P* p, M* m) {
+  if (!lease_check.load(std::memory_order_relaxed)) return;
+  int prev = p->rt_owner.exchange(m->id, std::memory_order_acq_rel);
+  if (prev != -1 && prev != m->id) lease_violations.fetch_add(1, std::memory_order_relaxed);
+}
+static inline void owner_out(P* p) {
+  if (lease_check.load(std::memory_order_relaxed)) p->rt_owner.store(-1, std::memory_order_release);
+}
+
 static void acquire_p(M* m, P* p) {
   KGMP_CHECK(m->p == nullptr && p->m == nullptr);
   m->p = p;
@@ -230,6 +242,7 @@ static void acquire_p(M* m, P* p) {
   l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, m->id, KGMP_LEASE_RUNTIME),
           std::memory_order_release);
   m->sh->p = static_cast<std::uint32_t>(p->id);
+  owner_in(p, m);
 }
 
 static P* release_p(M* m) {
@@ -239,6 +252,7 @@ static P* release_p(M* m) {
   LeaseWord w = l.load(std::memory_order_relaxed);
   KGMP_CHECK(KGMP_LEASE_HOLDER(w) == static_cast<std::uint32_t>(m->id) &&
              KGMP_LEASE_STATE(w) == KGMP_LEASE_RUNTIME);
+  owner_out(p);
   l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, kNoHolder, KGMP_LEASE_IDLE),
           std::memory_order_release);
   p->m = nullptr;
@@ -258,6 +272,27 @@ static void init_m_slot(M* m) {
   sched->m_by_id[static_cast<std::size_t>(m->id)].store(m, std::memory_order_release);
 }
 
+// A new M for p's pool (its thread not started yet). Caller: holds sched->lock, below the
+// thread limit.
+static M* new_m_locked(P* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
+  M* m = new M();
+  m->id = static_cast<int>(sched->allm.size());
+  m->pool = pool_of(p);
+  m->cpu = sched->cfg.pin ? p->cpu : -1;
+  init_m_slot(m);
+  m->rand = 0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(m->id + 1);
+  sched->allm.push_back(m);
+  return m;
+}
+
+static void create_thread(M* m) {
+  pthread_attr_t attr;
+  pthread_attr_init(&attr);
+  int err = pthread_create(&m->thread, &attr, m_start, m);
+  pthread_attr_destroy(&attr);
+  if (err != 0) fatal("kgmp: cannot create an OS thread for an M: %s", strerror(err));
+}
+
 // Starts an M for p: an idle M of p's pool, or a new thread. Go's startm.
 static void start_m(P* p, bool spinning) {
   M* m = nullptr;
@@ -274,26 +309,100 @@ static void start_m(P* p, bool spinning) {
         fatal("kgmp: thread limit reached: %zu threads (Ms) exist and Config::max_threads is %d; "
               "raise Config::max_threads or block fewer goroutines in the kernel at once",
               sched->allm.size(), sched->cfg.max_threads);
-      m = new M();
-      m->id = static_cast<int>(sched->allm.size());
-      init_m_slot(m);
-      m->pool = pool_of(p);
-      m->cpu = sched->cfg.pin ? p->cpu : -1;
-      m->rand = 0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(m->id + 1);
-      sched->allm.push_back(m);
+      m = new_m_locked(p);
     }
   }
   m->nextp = p;
   m->spinning = spinning;
-  if (m->thread == pthread_t{}) {
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    int err = pthread_create(&m->thread, &attr, m_start, m);
-    pthread_attr_destroy(&attr);
-    if (err != 0) fatal("kgmp: cannot create an OS thread for an M: %s", strerror(err));
-  } else {
+  if (m->thread == pthread_t{})
+    create_thread(m);
+  else
     m->park.wakeup();
+}
+
+// ---- watchers (monitors that report blocks on a per-P event source: trace) ----
+
+// P index a watcher of m's pool would watch: its own P when pinned, else any P missing one.
+static int watcher_slot_for(M* m) {
+  if (sched->watcher_missing.empty()) return -1;
+  if (sched->cfg.pin) return m->pool;
+  for (std::size_t i = 0; i < sched->watcher_missing.size(); i++)
+    if (sched->watcher_missing[i].load(std::memory_order_relaxed)) return static_cast<int>(i);
+  return -1;
+}
+
+// An M about to park without a P becomes its core's watcher if that P has none. Caller: m.
+static bool become_watcher(M* m) {
+  if (m->watcher) return true;
+  int w = watcher_slot_for(m);
+  if (w < 0 || !sched->watcher_missing[static_cast<std::size_t>(w)].exchange(false)) return false;
+  m->watcher = true;
+  m->watch_p = w;
+  return true;
+}
+
+// Parks the watcher m on P watch_p's event source until it can take that P (a block event whose
+// lease it wins by CAS), or, on a timer deadline, takes P back if idle. Returns false once the
+// runtime stops. Caller: m, P-less, on g0.
+static bool watch_for_p(M* m) {
+  P* p = &sched->allp[m->watch_p];
+  while (!sched->stopping.load(std::memory_order_acquire)) {
+    std::int64_t e = earliest_timer();
+    int timeout = -1;
+    if (e != 0) {
+      std::int64_t ms = (e - nanotime() + 999999) / 1000000;
+      timeout = ms < 0 ? 0 : static_cast<int>(ms);
+    }
+    std::uint64_t lease = 0;
+    int r = sched->monitor->watch(m->watch_p, &lease, timeout);
+    if (sched->stopping.load(std::memory_order_acquire)) break;
+    bool got = false;
+    if (r == 1) {
+      got = handoff_p(p, lease);
+      if (got) p->m = nullptr;
+    } else if (r == 0) {  // a timer is due: run it if the P is idle
+      LockGuard l(sched->lock);
+      got = pidle_get(p) != nullptr;
+    }
+    if (got) {
+      acquire_p(m, p);
+      m->watcher = false;
+      sched->watcher_missing[static_cast<std::size_t>(m->watch_p)].store(true, std::memory_order_release);
+      m->watch_p = -1;
+      sched->monitor->kick();  // the backstop refills the watcher if no M comes back soon
+      return true;
+    }
   }
+  return false;
+}
+
+void start_watcher(int pi) {
+  if (!sched->watcher_missing[static_cast<std::size_t>(pi)].exchange(false)) return;
+  P* p = &sched->allp[pi];
+  M* m = nullptr;
+  {
+    LockGuard l(sched->lock);
+    if (sched->stopping.load(std::memory_order_relaxed)) return;
+    M** pp = &sched->midle[static_cast<std::size_t>(pool_of(p))];
+    if (*pp != nullptr) {
+      m = *pp;
+      *pp = m->schedlink;
+      m->in_midle = false;
+    } else {
+      if (static_cast<int>(sched->allm.size()) >= sched->cfg.max_threads) {
+        sched->watcher_missing[static_cast<std::size_t>(pi)].store(true);
+        return;  // at the limit: the backstop keeps handing off by polling
+      }
+      m = new_m_locked(p);
+    }
+    m->watcher = true;
+    m->watch_p = pi;
+    m->nextp = nullptr;
+  }
+  if (m->thread == pthread_t{})
+    create_thread(m);
+  else
+    m->park.wakeup();
 }
 
 // Parks m, without a P, until another M hands it one (nextp), the deadline `until` passes
@@ -302,6 +411,7 @@ static void start_m(P* p, bool spinning) {
 // once the runtime is stopping. Go's stopm, plus the timed sleep of findRunnable's netpoll.
 static void stop_m(M* m, std::int64_t until) {
   for (;;) {
+    if (become_watcher(m)) return;  // without a P: find_runnable returns, m_loop watches
     {
       LockGuard l(sched->lock);
       if (sched->stopping.load(std::memory_order_relaxed)) return;
@@ -343,7 +453,7 @@ static void stop_m(M* m, std::int64_t until) {
       m->nextp = nullptr;
       return;
     }
-    if (sched->stopping.load(std::memory_order_acquire)) return;
+    if (sched->stopping.load(std::memory_order_acquire) || m->watcher) return;
     P* p;
     {
       LockGuard l(sched->lock);
@@ -375,7 +485,12 @@ void poke_timer_sleepers(std::int64_t when) {
       if (poke != nullptr) break;
     }
   }
-  if (poke != nullptr) poke->park.wakeup();
+  if (poke != nullptr) {
+    poke->park.wakeup();
+  } else if (sched->monitor->has_watchers()) {
+    // Only watchers sleep: they wait until the earliest timer too; make them recompute.
+    for (int i = 0; i < sched->nprocs; i++) sched->monitor->wake_watcher(i);
+  }
 }
 
 // Runs the expired timers of every P (own first). Caller: m holding a P.
@@ -616,14 +731,24 @@ static void schedule(M* m) {
     finish_switch(m);
     if (m->p == nullptr) {
       // A P-less M (its P was handed off while it was blocked): park as a spare of its core
-      // until it is handed a P or its own P is idle again.
+      // until it is handed a P or its own P is idle again (or become the core's watcher).
       stop_m(m, 0);
-      if (m->p == nullptr) break;  // stopping
+      if (m->p == nullptr) break;  // stopping, or now a watcher
     }
     G* g = find_runnable(m);
     if (g == nullptr) break;
     if (m->spinning) reset_spinning(m);
     execute(m, &m->g0, g);
+  }
+}
+
+// An M's life: run the scheduler while it has a P, watch its core's event source while it is
+// the watcher, until the runtime stops.
+static void m_loop(M* m) {
+  for (;;) {
+    if (m->watcher && !watch_for_p(m)) return;
+    schedule(m);
+    if (!m->watcher) return;
   }
 }
 
@@ -690,8 +815,10 @@ void enter_runtime() {
     LeaseWord e = m->lease_expect;
     if (lease_ref(p).compare_exchange_strong(
             e, KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(e) + 1, m->id, KGMP_LEASE_RUNTIME),
-            std::memory_order_acq_rel))
+            std::memory_order_acq_rel)) {
+      owner_in(p, m);
       return;
+    }
   }
   lost_p(m);
 }
@@ -705,6 +832,7 @@ void exit_runtime() {
   LeaseWord w = l.load(std::memory_order_relaxed);
   LeaseWord u = KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, m->id, KGMP_LEASE_USER);
   m->lease_expect = u;
+  owner_out(p);
   l.store(u, std::memory_order_release);
 }
 
@@ -714,6 +842,9 @@ bool handoff_p(P* p, LeaseWord observed) {
           observed, KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(observed) + 1, kNoHolder, KGMP_LEASE_RUNTIME),
           std::memory_order_acq_rel))
     return false;
+  if (lease_check.load(std::memory_order_relaxed) &&
+      p->rt_owner.load(std::memory_order_acquire) != -1)
+    lease_violations.fetch_add(1, std::memory_order_relaxed);  // someone in RUNTIME under USER
   p->m = nullptr;  // the blocked M learns at its next runtime entry (its CAS fails)
   p->c_handoffs.fetch_add(1, std::memory_order_relaxed);
   sched->nlostp.fetch_add(1, std::memory_order_relaxed);
@@ -752,6 +883,7 @@ void entersyscall() {
   if (P* p = m->p) {
     auto l = lease_ref(p);
     LeaseWord w = l.load(std::memory_order_relaxed);
+    owner_out(p);
     l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, kNoHolder, KGMP_LEASE_RUNTIME),
             std::memory_order_release);
     p->m = nullptr;
@@ -974,9 +1106,11 @@ static void m_init_thread(M* m) {
 static void* m_start(void* arg) {
   M* m = static_cast<M*>(arg);
   m_init_thread(m);
-  acquire_p(m, m->nextp);
-  m->nextp = nullptr;
-  schedule(m);
+  if (m->nextp != nullptr) {
+    acquire_p(m, m->nextp);
+    m->nextp = nullptr;
+  }
+  m_loop(m);
   if (m->p != nullptr) release_p(m);
   remove_altstack(m->altstack, nullptr);
   t_m = nullptr;
@@ -986,8 +1120,13 @@ static void* m_start(void* arg) {
 // The main G returned: stop every M at its next scheduling point (Go exits the process here;
 // kgmp returns from run() instead, so tests and programs may run it again).
 static void begin_stop() {
+  {
+    LockGuard l(sched->lock);
+    sched->stopping.store(true, std::memory_order_release);
+  }
+  if (sched->monitor->has_watchers())
+    for (int i = 0; i < sched->nprocs; i++) sched->monitor->wake_watcher(i);
   LockGuard l(sched->lock);
-  sched->stopping.store(true, std::memory_order_release);
   for (M*& head : sched->midle) {
     while (head != nullptr) {
       M* m = head;
@@ -1054,7 +1193,9 @@ static void teardown(M* m0, G* main_g) {
     p.ngfree = 0;
     st.spawned += p.c_spawns.load(std::memory_order_relaxed);
     st.exited += p.c_exits.load(std::memory_order_relaxed);
+    st.handoffs += p.c_handoffs.load(std::memory_order_relaxed);
   }
+  st.lease_violations = lease_violations.exchange(0);
   st.spawned += 1 + sched->outside_spawns.load();  // the main G, and Gs from outside
   pool.for_each_g([&](G* g) {
     GStatus s = g->status.load(std::memory_order_acquire);
@@ -1172,6 +1313,10 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
     sched->shared_owned = true;
   }
   sched->publish_work = !sched->shared_owned;
+  if (sched->monitor->has_watchers()) {
+    sched->watcher_missing = std::vector<std::atomic<bool>>(static_cast<std::size_t>(sched->nprocs));
+    for (auto& w : sched->watcher_missing) w.store(true);
+  }
   sched->shared->hdr.nprocs = static_cast<std::uint32_t>(sched->nprocs);
   for (int i = 0; i < sched->nprocs; i++) {
     P* p = new (&sched->allp[i]) P();
@@ -1203,8 +1348,10 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
   main_g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
   runq_put(m0->p, main_g, false);
   sched->monitor->start();
+  if (sched->monitor->has_watchers())
+    for (int i = 0; i < sched->nprocs; i++) start_watcher(i);
 
-  schedule(m0);
+  m_loop(m0);
 
   sched->monitor->stop();
 
@@ -1245,6 +1392,8 @@ std::size_t glocal_key() {
 }
 
 RunStats last_run_stats() { return last_stats; }
+
+void set_lease_check_for_test(bool on) { lease_check.store(on); }
 
 std::size_t live_stacks_now() {
   return sched == nullptr ? 0 : pool.carved() - pool.free_count();

@@ -102,6 +102,7 @@ struct alignas(64) P {
   std::atomic<std::uint64_t> c_runs{0}, c_spawns{0}, c_steals{0}, c_stolen{0}, c_globtakes{0},
       c_parks{0}, c_exits{0}, c_schedticks{0};
   std::atomic<std::uint64_t> c_handoffs{0};  // times this P was taken from a blocked M
+  std::atomic<int> rt_owner{-1};  // with the lease checker: the M inside the runtime on it
 };
 
 // The lease word of p as an atomic (it lives in shared memory, a plain __u64 for BPF).
@@ -120,6 +121,8 @@ struct M {
   int rt_depth = 1;
   __u64 lease_expect = 0;  // the USER lease word it stored last
   bool requeue_lost = false;  // the G of a kRequeue was running when its P was handed off
+  bool watcher = false;       // waits on P watch_p's event source (Monitor::watch) for it
+  int watch_p = -1;
   pid_t tid = 0;
   int pool = 0;  // index of the idle-M list it belongs to (its P's id when pinned, else 0)
   int cpu = -1;  // pinned CPU, -1 if not pinned
@@ -173,6 +176,8 @@ struct Sched {
   std::unique_ptr<std::atomic<M*>[]> m_by_id;  // M of each id (lease holder), for monitors
   std::atomic<int> nblocking{0};               // Ms inside kgmp::blocking()
   std::atomic<int> nlostp{0};  // Ms whose P was handed off and that have not noticed yet
+  // Per P: no watcher M waits on that P's event source (monitors with watchers only).
+  std::vector<std::atomic<bool>> watcher_missing;
   std::vector<int> cpus;  // CPU of each P (the affinity mask's CPUs, in order)
   cpu_set_t saved_mask{};  // M0's affinity before run()
 };
@@ -217,6 +222,10 @@ struct RuntimeScope {
 bool handoff_p(P* p, LeaseWord observed);
 // After a successful handoff_p: start an M for p if it has work, else put it on the idle list.
 void handoff_start(P* p);
+// If P p has no watcher, makes an M of p's core its watcher: a parked spare, else a new
+// thread. Caller: any thread (the monitor's backstop).
+void start_watcher(int p);
+
 // Whether p has Gs to run (its queue) or the global queue has. Racy; any thread.
 bool p_has_work(P* p);
 

@@ -1,0 +1,199 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * kgmp_trace - tell a kgmp runtime, within microseconds, that one of its worker threads (an M)
+ * blocked in the kernel while holding a processor (a P) that has other runnable work.
+ *
+ * This is the `trace` monitor of DESIGN.md §4, design "C" of notes/latency-limits.md: a
+ * tracing-only program (no sched_ext, no kprobes, no fentry; tp_btf only), so it runs on any
+ * kernel with BTF and BPF ring buffers (>= 5.8) given root or CAP_BPF+CAP_PERFMON.
+ *
+ * What it does:
+ *   - tp_btf/sched_switch: when the task switched out belongs to the runtime's process
+ *     (target_tgid), is a registered M (kgmp_tids: tid -> M slot) and really blocks (not a
+ *     preemption, prev_state != 0), it counts the block in that M's slot of the shared memory.
+ *     If in addition the M holds a P whose lease word says USER with this M as holder (the M
+ *     was running G code, not scheduler code: DESIGN §3) and that P has other work (its local
+ *     run queue or the global queue is not empty), it sends a kgmp_block_event on that P's own
+ *     ring buffer with a forced wakeup. The P's spare M sleeps in epoll on exactly that ring;
+ *     it wakes on the same CPU and CASes the lease from the value in the event (one wakeup, no
+ *     monitor thread in between).
+ *   - tp_btf/sched_wakeup: for a registered M, bumps its wake counter and timestamp in the
+ *     shared memory only. Waking someone through a ring buffer costs 20-30 us here (as much as
+ *     letting the woken M run and notice by itself); the runtime compares sequence numbers at
+ *     its safe points instead (latency-limits.md point 7).
+ *
+ * What it demonstrates: the runtime's scheduler state (leases, run queue lengths, which P each
+ * M holds) lives in a BPF_F_MMAPABLE array that both sides map, so this program filters on it
+ * with plain loads and never needs a syscall from the runtime on the hot path; and one ring
+ * buffer per P (an ARRAY_OF_MAPS of rings) so that the wakeup goes straight to the one thread
+ * that can act on it.
+ *
+ * Limits:
+ *   - sched_switch runs on every context switch of the machine: the first test (tgid) must stay
+ *     cheap. Attaching costs about 80-100 ns per tracepoint hit on the development VM whatever
+ *     the program does (latency-limits.md E).
+ *   - A forced ring-buffer wakeup from a scheduler tracepoint goes through irq_work (a self-IPI,
+ *     about 3 us in a VM) in the blocking thread's switch path. So an event is sent only when
+ *     the hand-off matters: the P has other work. That test reads runq_len/nglobal racily; a
+ *     stale value means one useless wakeup or one hand-off left to the poll fallback.
+ *   - Reads of the lease are racy by design: the event carries the lease word that was read,
+ *     and the spare M's CAS from exactly that word decides. This program never writes a lease.
+ *   - Ms beyond KGMP_MAX_MS slots, or Ps beyond KGMP_MAX_PROCS, are not watched.
+ *   - m.wakes counts sched_wakeup hits, which may exceed m.blocks: a thread woken between
+ *     set_current_state() and schedule() is "woken" without ever having been switched out.
+ *     Compare sequences, never expect blocks == wakes.
+ *   - m.blocks counts every block of a registered M, whatever its lease (telemetry), not only
+ *     the blocks that sent an event; hdr.events counts those.
+ */
+#include "vmlinux.h"
+
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "kgmp_trace.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Bytes of one P's ring buffer. User space creates the inner rings with the size of the inner
+ * map template below (it reads it back from the object), so this is the one place to change it.
+ * A block event takes 32 bytes (8 of header): 2048 events before a drop. */
+#define KGMP_RING_BYTES (64 * 1024)
+
+/* The process being watched (the runtime's getpid()), set through the skeleton before load. */
+const volatile __u32 target_tgid = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct kgmp_shared);
+} kgmp_shared SEC(".maps");
+
+/* tid -> M slot; written by user space only (register_m / unregister_m). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, KGMP_MAX_MS);
+	__type(key, __u32);
+	__type(value, __u32);
+} kgmp_tids SEC(".maps");
+
+struct kgmp_ring {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, KGMP_RING_BYTES);
+};
+
+/* One ring per P; user space creates and inserts the rings of Ps 0..nprocs-1. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, KGMP_MAX_PROCS);
+	__type(key, __u32);
+	__array(values, struct kgmp_ring);
+} kgmp_rings SEC(".maps");
+
+#define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))
+#define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
+#define WRITE_ONCE_U64(x, v) (*(volatile __u64 *)&(x) = (v))
+
+static __always_inline struct kgmp_shared *shared_mem(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&kgmp_shared, &zero);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(kgmp_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	struct kgmp_block_event ev;
+	struct kgmp_m_shared *m;
+	struct kgmp_shared *s;
+	__u32 tid, slot, p, nprocs;
+	__u32 *slotp;
+	__u64 lease, now;
+	void *ring;
+
+	/* Every context switch of the machine comes through here: one load and a compare. */
+	if (prev->tgid != target_tgid)
+		return 0;
+
+	s = shared_mem();
+	if (!s)
+		return 0;
+	tid = prev->pid;
+	slotp = bpf_map_lookup_elem(&kgmp_tids, &tid);
+	if (!slotp) {
+		__sync_fetch_and_add(&s->hdr.not_m, 1);
+		return 0;
+	}
+	/* Preempted, or its sleep was cancelled by a pending signal (the kernel passes
+	 * prev_state = TASK_RUNNING then): it stays runnable, this is not a block. */
+	if (preempt || prev_state == 0)
+		return 0;
+	slot = *slotp;
+	if (slot >= KGMP_MAX_MS)
+		return 0;
+	m = &s->m[slot];
+
+	/* Telemetry: every block of a registered M, whatever its lease. Only this M's own switch
+	 * writes these two fields and it cannot be switched out on two CPUs at once, so plain
+	 * stores suffice; the timestamp is stored first (the runtime reads blocks, then the time). */
+	now = bpf_ktime_get_ns();
+	WRITE_ONCE_U64(m->last_block_ns, now);
+	WRITE_ONCE_U64(m->blocks, READ_ONCE_U64(m->blocks) + 1);
+
+	p = READ_ONCE_U32(m->p);
+	nprocs = READ_ONCE_U32(s->hdr.nprocs);
+	if (p == KGMP_NO_P || p >= nprocs || p >= KGMP_MAX_PROCS)
+		return 0;
+	lease = READ_ONCE_U64(s->p[p].lease);
+	if (KGMP_LEASE_STATE(lease) != KGMP_LEASE_USER || KGMP_LEASE_HOLDER(lease) != slot)
+		return 0;
+	if (READ_ONCE_U32(s->p[p].runq_len) == 0 && READ_ONCE_U32(s->hdr.nglobal) == 0)
+		return 0;
+
+	ring = bpf_map_lookup_elem(&kgmp_rings, &p);
+	if (!ring) {
+		/* No ring inserted for this P: user space's nprocs and its rings disagree. */
+		__sync_fetch_and_add(&s->hdr.dropped, 1);
+		return 0;
+	}
+	ev.m = slot;
+	ev.p = p;
+	ev.lease = lease;
+	ev.ts_ns = now;
+	if (bpf_ringbuf_output(ring, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP))
+		__sync_fetch_and_add(&s->hdr.dropped, 1);
+	else
+		__sync_fetch_and_add(&s->hdr.events, 1);
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(kgmp_wakeup, struct task_struct *p)
+{
+	struct kgmp_m_shared *m;
+	struct kgmp_shared *s;
+	__u32 tid, slot;
+	__u32 *slotp;
+
+	if (p->tgid != target_tgid)
+		return 0;
+	tid = p->pid;
+	slotp = bpf_map_lookup_elem(&kgmp_tids, &tid);
+	if (!slotp)
+		return 0;
+	slot = *slotp;
+	if (slot >= KGMP_MAX_MS)
+		return 0;
+	s = shared_mem();
+	if (!s)
+		return 0;
+	m = &s->m[slot];
+	/* sched_wakeup runs on the waker's CPU (or the wakee's, through the wake list): two
+	 * wakers may race, so the counter is atomic; the timestamp is last-writer-wins. */
+	WRITE_ONCE_U64(m->last_wake_ns, bpf_ktime_get_ns());
+	__sync_fetch_and_add(&m->wakes, 1);
+	return 0;
+}

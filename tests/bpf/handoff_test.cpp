@@ -1,0 +1,293 @@
+// handoff_test.cpp — the trace monitor end to end: with one P, a G blocked in the kernel
+// WITHOUT kgmp::blocking (a read on a pipe, nanosleep, a futex wait, major page faults) must
+// not stop the other Gs of that P: BPF sees the block and a watcher M takes the P over. Also:
+// an unprivileged process falls back to poll and still hands off marked blocks, and a stress
+// of random blocking Gs keeps the lease invariant and loses no G.
+//
+// Needs root and BPF: each test skips with the reason when the trace monitor cannot load, and
+// fails instead under KGMP_REQUIRE_BPF=1 (scripts/test sets it where BPF works).
+#include <fcntl.h>
+#include <grp.h>
+#include <linux/futex.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <string>
+#include <thread>
+
+#include "export_test.h"
+#include "kgmp/kgmp.h"
+
+namespace {
+
+bool require_bpf() {
+  const char* e = std::getenv("KGMP_REQUIRE_BPF");
+  return e != nullptr && std::string(e) == "1";
+}
+
+// Runs a tiny runtime to learn whether the trace monitor loads here, and why not.
+std::string trace_unavailable() {
+  static std::string why = [] {
+    if (geteuid() != 0) return std::string("not root (the trace monitor needs root or CAP_BPF+CAP_PERFMON)");
+    std::string mon;
+    setenv("KGMP_MONITOR", "trace", 1);
+    kgmp::run([&] { mon = kgmp::monitor(); }, kgmp::Config{.procs = 1});
+    unsetenv("KGMP_MONITOR");
+    return mon == "trace" ? std::string() : std::string("the trace monitor did not load (see the kgmp: monitor= line)");
+  }();
+  return why;
+}
+
+#define REQUIRE_TRACE()                                  \
+  do {                                                   \
+    std::string why = trace_unavailable();               \
+    if (!why.empty()) {                                  \
+      if (require_bpf()) FAIL() << why;                  \
+      GTEST_SKIP() << why;                               \
+    }                                                    \
+  } while (0)
+
+// The shape of every test below: with one P, G "blocker" blocks in the kernel without telling
+// the runtime; G "runner" counts how often it ran while the blocker was blocked, then releases
+// it. Without a hand-off the runner cannot run until the blocker returns.
+template <class Block, class Release>
+long progress_while_blocked(Block block, Release release) {
+  std::atomic<bool> blocked{false}, done{false};
+  std::atomic<long> during{0};
+  const char* mon = nullptr;
+  kgmp::run(
+      [&] {
+        mon = kgmp::monitor();
+        kgmp::WaitGroup wg;
+        wg.add(2);
+        kgmp::go([&] {
+          blocked = true;
+          block();
+          blocked = false;
+          wg.done();
+        });
+        kgmp::go([&] {
+          while (!blocked) kgmp::yield();
+          for (int i = 0; i < 200 && blocked; i++) {
+            during++;
+            kgmp::yield();
+          }
+          release();
+          wg.done();
+        });
+        wg.wait();
+        done = true;
+      },
+      kgmp::Config{.procs = 1});
+  EXPECT_STREQ(mon, "trace");
+  auto st = kgmp::internal::last_run_stats();
+  EXPECT_EQ(st.spawned, st.exited);
+  EXPECT_EQ(st.abandoned, 0u);
+  return during.load();
+}
+
+// A safety net: if no hand-off happens the runner never runs, so release from a plain thread
+// after a while and let the assertion on `during` fail instead of hanging.
+struct Rescue {
+  std::function<void()> release;
+  std::atomic<bool> stop{false};
+  std::thread t;
+  explicit Rescue(std::function<void()> r) : release(std::move(r)) {
+    t = std::thread([this] {
+      for (int i = 0; i < 2000 && !stop; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (!stop) release();
+    });
+  }
+  ~Rescue() {
+    stop = true;
+    t.join();
+  }
+};
+
+TEST(TraceHandoff, UnmarkedPipeRead) {
+  REQUIRE_TRACE();
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  auto release = [&] {
+    char c = 'x';
+    (void)!write(fds[1], &c, 1);
+  };
+  Rescue rescue(release);
+  long during = progress_while_blocked(
+      [&] {
+        char c;
+        (void)!read(fds[0], &c, 1);  // a raw read(): the runtime is not told
+      },
+      release);
+  EXPECT_GT(during, 0) << "the P was not handed off while read() blocked";
+  close(fds[0]);
+  close(fds[1]);
+}
+
+TEST(TraceHandoff, UnmarkedNanosleep) {
+  REQUIRE_TRACE();
+  long during = progress_while_blocked(
+      [] {
+        timespec ts{0, 200 * 1000 * 1000};
+        nanosleep(&ts, nullptr);
+      },
+      [] {});
+  EXPECT_GT(during, 0) << "the P was not handed off while nanosleep() blocked";
+}
+
+TEST(TraceHandoff, UnmarkedFutexWait) {
+  REQUIRE_TRACE();
+  alignas(4) static std::uint32_t word;
+  word = 0;
+  auto release = [] {
+    __atomic_store_n(&word, 1u, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &word, FUTEX_WAKE, 1, nullptr, nullptr, 0);
+  };
+  Rescue rescue(release);
+  long during = progress_while_blocked(
+      [] {
+        while (__atomic_load_n(&word, __ATOMIC_SEQ_CST) == 0)
+          syscall(SYS_futex, &word, FUTEX_WAIT, 0, nullptr, nullptr, 0);
+      },
+      release);
+  EXPECT_GT(during, 0) << "the P was not handed off while the futex wait blocked";
+}
+
+// Major page faults: a file written, synced and evicted from the page cache, then read through
+// a fresh mapping with read-ahead off, so that each touched page blocks on the disk.
+TEST(TraceHandoff, MajorPageFaultsOnAFreshFileMapping) {
+  REQUIRE_TRACE();
+  char path[] = "/var/tmp/kgmp-fault-XXXXXX";
+  int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  unlink(path);
+  constexpr std::size_t kBytes = 32u << 20;
+  std::string chunk(1 << 20, 'k');
+  for (std::size_t off = 0; off < kBytes; off += chunk.size())
+    ASSERT_EQ(write(fd, chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
+  ASSERT_EQ(fsync(fd), 0);
+  ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+  auto* map = static_cast<volatile char*>(mmap(nullptr, kBytes, PROT_READ, MAP_SHARED, fd, 0));
+  ASSERT_NE(map, MAP_FAILED);
+  madvise(const_cast<char*>(map), kBytes, MADV_RANDOM);
+  long sum = 0;
+  long during = progress_while_blocked(
+      [&] {
+        for (std::size_t off = 0; off < kBytes; off += 4096) sum += map[off];
+      },
+      [] {});
+  EXPECT_EQ(sum, static_cast<long>('k') * static_cast<long>(kBytes / 4096));
+  munmap(const_cast<char*>(map), kBytes);
+  close(fd);
+  EXPECT_GT(during, 0) << "the P was not handed off during major page faults";
+}
+
+// Dropped to an unprivileged user, the runtime cannot load BPF: it logs why, falls back to
+// poll, and kgmp::blocking() sections are still handed off.
+TEST(TraceHandoff, UnprivilegedFallsBackToPoll) {
+  if (geteuid() != 0) {
+    if (require_bpf()) FAIL() << "not root (this test drops root itself)";
+    GTEST_SKIP() << "not root (this test drops root itself)";
+  }
+  pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (setgroups(0, nullptr) != 0 || setgid(65534) != 0 || setuid(65534) != 0) _exit(10);
+    unsetenv("KGMP_MONITOR");
+    int fds[2];
+    if (pipe(fds) != 0) _exit(11);
+    std::string mon;
+    std::atomic<long> during{0};
+    std::atomic<bool> blocked{false};
+    kgmp::run(
+        [&] {
+          mon = kgmp::monitor();
+          kgmp::WaitGroup wg;
+          wg.add(2);
+          kgmp::go([&] {
+            blocked = true;
+            char c;
+            kgmp::blocking([&] { return read(fds[0], &c, 1); });
+            blocked = false;
+            wg.done();
+          });
+          kgmp::go([&] {
+            while (!blocked) kgmp::yield();
+            for (int i = 0; i < 100 && blocked; i++) {
+              during++;
+              kgmp::yield();
+            }
+            char c = 'x';
+            (void)!write(fds[1], &c, 1);
+            wg.done();
+          });
+          wg.wait();
+        },
+        kgmp::Config{.procs = 1});
+    _exit(mon != "poll" ? 12 : during.load() == 0 ? 13 : 0);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "10: could not drop privileges, 12: did not fall back to poll, 13: no hand-off";
+}
+
+// Many Gs blocking at random (unmarked sleeps, marked sleeps, pipe reads) over every P, with the
+// runtime's lease checker on: never two Ms inside the runtime on one P, no G lost, Ms bounded.
+TEST(TraceHandoff, RandomBlockingStressKeepsTheLeaseInvariant) {
+  REQUIRE_TRACE();
+  constexpr int kGs = 10000;
+  kgmp::internal::set_lease_check_for_test(true);
+  std::atomic<int> finished{0};
+  kgmp::run([&] {
+    kgmp::WaitGroup wg;
+    wg.add(kGs);
+    for (int i = 0; i < kGs; i++)
+      kgmp::go([&, i] {
+        std::minstd_rand rng(static_cast<unsigned>(i));
+        for (int k = 0; k < 3; k++) {
+          switch (rng() % 4) {
+            case 0: {
+              timespec ts{0, static_cast<long>(rng() % 200) * 1000};
+              nanosleep(&ts, nullptr);
+              break;
+            }
+            case 1:
+              kgmp::blocking([&] { usleep(rng() % 200); });
+              break;
+            case 2:
+              kgmp::yield();
+              break;
+            default: {
+              volatile double x = 1;
+              for (int j = 0; j < 500; j++) x = x * 1.000001;
+            }
+          }
+        }
+        finished++;
+        wg.done();
+      });
+    wg.wait();
+  });
+  kgmp::internal::set_lease_check_for_test(false);
+  auto st = kgmp::internal::last_run_stats();
+  EXPECT_EQ(finished.load(), kGs);
+  EXPECT_EQ(st.spawned, st.exited);
+  EXPECT_EQ(st.abandoned, 0u);
+  EXPECT_EQ(st.lease_violations, 0u);
+  EXPECT_GT(st.handoffs, 0u) << "the stress never handed a P off";
+  EXPECT_LT(st.threads, 200u) << "Ms must be reused, not created per block";
+}
+
+}  // namespace

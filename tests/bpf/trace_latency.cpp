@@ -1,0 +1,317 @@
+// trace_latency.cpp — measurements of the `trace` monitor on this machine (root; not a test).
+//
+//   trace_latency latency [trials=1000] [cpu=0]
+//       W (a registered M holding P 0 with lease USER and runq_len 1) and S (P 0's spare M,
+//       waiting in Ring::wait) are pinned to the same CPU, as in latency-limits.md design C.
+//       Per trial: W sets its lease USER, takes a CLOCK_MONOTONIC timestamp, read()s an empty
+//       pipe; S wakes from Ring::wait, takes its timestamp, consumes the event, writes W's pipe.
+//       Between trials W sleeps 100-300 us with its lease RUNTIME (no event). Prints p50/p90/
+//       p99/max of W timestamp -> S awake, and its two stages split by the BPF timestamp.
+//       Then the same with a plain pipe (W writes S's pipe, then blocks): the same-core floor.
+//   trace_latency switch-cost [pairs=20] [round_trips=20000]
+//       A child process ping-pongs a byte over two pipes between two threads (same CPU, then
+//       two CPUs). Paired rounds without / with the program attached (order alternating);
+//       prints the median per-round-trip time of each and the median of the paired
+//       differences. Then one round with kernel.bpf_stats_enabled=1 for ns per program run.
+//
+// The first 20 latency trials are warm-up and dropped. Max values are dominated by the host
+// preempting the VM's vCPUs: read p99.
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bpf/bpf.h>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kgmp_trace.h"
+#include "trace_bpf.h"
+
+using kgmp::internal::TraceBpf;
+
+namespace {
+
+std::uint64_t now_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u + ts.tv_nsec;
+}
+
+void pin(int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  if (sched_setaffinity(0, sizeof set, &set) != 0) {
+    std::perror("sched_setaffinity");
+    std::exit(1);
+  }
+}
+
+template <class T>
+void store(T& x, T v) {
+  std::atomic_ref<T>(x).store(v, std::memory_order_release);
+}
+
+double pct(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  size_t i = static_cast<size_t>(q * static_cast<double>(v.size() - 1) + 0.5);
+  return v[std::min(i, v.size() - 1)];
+}
+
+void report(const char* what, const std::vector<double>& us) {
+  std::printf("%-44s n=%zu  p50 %6.1f  p90 %6.1f  p99 %6.1f  max %8.1f us\n", what, us.size(),
+              pct(us, 0.5), pct(us, 0.9), pct(us, 0.99), pct(us, 1.0));
+}
+
+void gap(std::mt19937& rng) {
+  std::uniform_int_distribution<int> d(100, 300);
+  timespec ts{0, d(rng) * 1000L};
+  nanosleep(&ts, nullptr);
+}
+
+int latency(int trials, int cpu) {
+  auto tb_or = TraceBpf::open(1);
+  if (!tb_or.ok()) {
+    std::fprintf(stderr, "trace_latency: %s\n", std::string(tb_or.status().message()).c_str());
+    return 1;
+  }
+  auto tb = std::move(*tb_or);
+  kgmp_shared* s = tb->shared();
+  auto ring = tb->ring(0);
+  int wpipe[2], spipe[2];
+  if (pipe2(wpipe, O_CLOEXEC) != 0 || pipe2(spipe, O_CLOEXEC) != 0) return 1;
+
+  constexpr unsigned kW = 0, kS = 1;
+  std::atomic<std::uint64_t> t0{0};
+  std::atomic<bool> stop{false};
+  std::atomic<int> s_tid{0};
+  int misses = 0;
+  std::vector<double> total, to_switch, from_switch;
+  total.reserve(trials);
+
+  // S: P 0's spare M.
+  std::thread sth([&] {
+    pin(cpu);
+    s_tid.store(static_cast<int>(syscall(SYS_gettid)));
+    for (;;) {
+      int w = ring->wait(1000);
+      std::uint64_t t1 = now_ns();
+      if (w == 2 || stop.load()) break;
+      if (w == 0) {  // no event within 1 s: count it, let W go on
+        misses++;
+        char c = 'x';
+        if (write(wpipe[1], &c, 1) != 1) break;
+        continue;
+      }
+      if (w != 1) continue;
+      std::uint64_t ts = 0;
+      ring->consume([&](const kgmp_block_event& ev) { ts = ev.ts_ns; });
+      std::uint64_t a = t0.load();
+      total.push_back(static_cast<double>(t1 - a) / 1e3);
+      to_switch.push_back(static_cast<double>(static_cast<std::int64_t>(ts - a)) / 1e3);
+      from_switch.push_back(static_cast<double>(static_cast<std::int64_t>(t1 - ts)) / 1e3);
+      char c = 'x';
+      if (write(wpipe[1], &c, 1) != 1) break;
+    }
+  });
+  while (s_tid.load() == 0) std::this_thread::yield();
+
+  // W, on this thread.
+  pin(cpu);
+  const int w_tid = static_cast<int>(syscall(SYS_gettid));
+  if (!tb->register_m(w_tid, kW).ok() || !tb->register_m(s_tid.load(), kS).ok()) return 1;
+  store(s->m[kW].tid, static_cast<__u32>(w_tid));
+  store(s->m[kW].p, 0u);
+  store(s->m[kS].tid, static_cast<__u32>(s_tid.load()));
+  store(s->m[kS].p, KGMP_NO_P);
+  store(s->p[0].runq_len, 1u);
+  std::mt19937 rng(42);
+  std::uint64_t seq = 1;
+  for (int i = 0; i < trials + 20; i++) {
+    store(s->p[0].lease, static_cast<__u64>(KGMP_LEASE_MAKE(seq++, kW, KGMP_LEASE_RUNTIME)));
+    gap(rng);
+    store(s->p[0].lease, static_cast<__u64>(KGMP_LEASE_MAKE(seq++, kW, KGMP_LEASE_USER)));
+    t0.store(now_ns());
+    char c;
+    if (read(wpipe[0], &c, 1) != 1) break;
+  }
+  store(s->p[0].lease, static_cast<__u64>(KGMP_LEASE_MAKE(seq++, kW, KGMP_LEASE_RUNTIME)));
+  stop.store(true);
+  ring->wake();
+  sth.join();
+  auto drop = [](std::vector<double>& v) { v.erase(v.begin(), v.begin() + std::min<size_t>(20, v.size())); };
+  drop(total);
+  drop(to_switch);
+  drop(from_switch);
+  std::printf("trace: W and S on CPU %d, %d trials, events %llu, missed %d, dropped %llu\n",
+              cpu, trials, static_cast<unsigned long long>(s->hdr.events), misses,
+              static_cast<unsigned long long>(s->hdr.dropped));
+  report("W timestamp -> S awake (Ring::wait returns)", total);
+  report("  W timestamp -> sched_switch (BPF ts)", to_switch);
+  report("  sched_switch -> S awake", from_switch);
+  tb.reset();
+
+  // Floor: the same hand-off through a plain pipe (W writes S's pipe, then blocks).
+  std::vector<double> floor;
+  std::thread fth([&] {
+    pin(cpu);
+    for (;;) {
+      char c;
+      if (read(spipe[0], &c, 1) != 1 || c == 'q') break;
+      std::uint64_t t1 = now_ns();
+      floor.push_back(static_cast<double>(t1 - t0.load()) / 1e3);
+      if (write(wpipe[1], &c, 1) != 1) break;
+    }
+  });
+  for (int i = 0; i < trials + 20; i++) {
+    gap(rng);
+    t0.store(now_ns());
+    char c = 'x';
+    if (write(spipe[1], &c, 1) != 1 || read(wpipe[0], &c, 1) != 1) break;
+  }
+  char q = 'q';
+  if (write(spipe[1], &q, 1) != 1) return 1;
+  fth.join();
+  drop(floor);
+  report("pipe floor: W timestamp -> S awake", floor);
+  return 0;
+}
+
+// ---- switch cost ---------------------------------------------------------------------------
+// The child: two threads ping-pong `n` bytes; returns ns per round trip.
+double pingpong(int cpu_a, int cpu_b, long n) {
+  int ab[2], ba[2];
+  if (pipe(ab) != 0 || pipe(ba) != 0) std::exit(1);
+  std::thread b([&] {
+    pin(cpu_b);
+    char c;
+    for (long i = 0; i < n; i++)
+      if (read(ab[0], &c, 1) != 1 || write(ba[1], &c, 1) != 1) break;
+  });
+  pin(cpu_a);
+  std::uint64_t t = now_ns();
+  char c = 'x';
+  for (long i = 0; i < n; i++)
+    if (write(ab[1], &c, 1) != 1 || read(ba[0], &c, 1) != 1) break;
+  t = now_ns() - t;
+  b.join();
+  for (int fd : {ab[0], ab[1], ba[0], ba[1]}) close(fd);
+  return static_cast<double>(t) / static_cast<double>(n);
+}
+
+bool set_stats(const char* v) {
+  std::ofstream f("/proc/sys/kernel/bpf_stats_enabled");
+  f << v;
+  return static_cast<bool>(f);
+}
+
+int switch_cost(int pairs, long n) {
+  // The child process: commands "a b" (cpus) on `cmd`, answers a double on `res`.
+  int cmd[2], res[2];
+  if (pipe(cmd) != 0 || pipe(res) != 0) return 1;
+  pid_t pid = fork();
+  if (pid == 0) {
+    int cpus[2];
+    while (read(cmd[0], cpus, sizeof cpus) == sizeof cpus) {
+      double ns = pingpong(cpus[0], cpus[1], n);
+      if (write(res[1], &ns, sizeof ns) != sizeof ns) break;
+    }
+    _exit(0);
+  }
+  auto round = [&](int a, int b) {
+    int cpus[2] = {a, b};
+    double ns = 0;
+    if (write(cmd[1], cpus, sizeof cpus) != sizeof cpus || read(res[0], &ns, sizeof ns) != sizeof ns)
+      std::exit(1);
+    return ns;
+  };
+  const int ncpu = static_cast<int>(std::thread::hardware_concurrency());
+  for (int other : {0, 1}) {
+    if (other >= ncpu) break;
+    std::vector<double> off, on, diff;
+    round(0, other);  // warm-up
+    for (int i = 0; i < pairs; i++) {
+      double x, y;
+      if (i % 2 == 0) {
+        x = round(0, other);
+        auto tb = TraceBpf::open(1);
+        if (!tb.ok()) {
+          std::fprintf(stderr, "trace_latency: %s\n", std::string(tb.status().message()).c_str());
+          return 1;
+        }
+        y = round(0, other);
+      } else {
+        {
+          auto tb = TraceBpf::open(1);
+          if (!tb.ok()) return 1;
+          y = round(0, other);
+        }
+        x = round(0, other);
+      }
+      off.push_back(x);
+      on.push_back(y);
+      diff.push_back(y - x);
+    }
+    std::printf("ping-pong CPU 0 <-> CPU %d, %d pairs x %ld round trips (another process):\n",
+                other, pairs, n);
+    std::printf("  detached: median %.0f ns/round trip (min %.0f, max %.0f)\n", pct(off, 0.5),
+                pct(off, 0), pct(off, 1));
+    std::printf("  attached: median %.0f ns/round trip (min %.0f, max %.0f)\n", pct(on, 0.5),
+                pct(on, 0), pct(on, 1));
+    std::printf("  paired difference: median %+.0f ns/round trip (min %+.0f, max %+.0f)\n",
+                pct(diff, 0.5), pct(diff, 0), pct(diff, 1));
+  }
+
+  // ns per program run, from the kernel's bpf_stats.
+  {
+    auto tb = TraceBpf::open(1);
+    if (!tb.ok()) return 1;
+    std::vector<unsigned> ids = (*tb)->prog_ids();
+    if (set_stats("1")) {
+      round(0, 0);
+      const char* names[] = {"sched_switch", "sched_wakeup"};
+      for (size_t i = 0; i < ids.size(); i++) {
+        int fd = bpf_prog_get_fd_by_id(ids[i]);
+        bpf_prog_info info{};
+        __u32 len = sizeof info;
+        if (fd >= 0 && bpf_prog_get_info_by_fd(fd, &info, &len) == 0 && info.run_cnt > 0)
+          std::printf("  bpf_stats %s (foreign tasks): %.0f ns/run over %llu runs\n", names[i],
+                      static_cast<double>(info.run_time_ns) / static_cast<double>(info.run_cnt),
+                      static_cast<unsigned long long>(info.run_cnt));
+        if (fd >= 0) close(fd);
+      }
+      set_stats("0");
+    }
+  }
+  close(cmd[1]);
+  int st;
+  waitpid(pid, &st, 0);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string mode = argc > 1 ? argv[1] : "";
+  if (mode == "latency")
+    return latency(argc > 2 ? std::atoi(argv[2]) : 1000, argc > 3 ? std::atoi(argv[3]) : 0);
+  if (mode == "switch-cost")
+    return switch_cost(argc > 2 ? std::atoi(argv[2]) : 20, argc > 3 ? std::atol(argv[3]) : 20000);
+  std::fprintf(stderr,
+               "usage: trace_latency latency [trials] [cpu] | switch-cost [pairs] [round_trips]\n");
+  return 2;
+}
