@@ -26,11 +26,16 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "export_test.h"
+#include "handoff_bench.h"
 #include "kgmp/kgmp.h"
 
 ABSL_FLAG(int, procs, 0, "number of Ps (0: every CPU of the affinity mask)");
 ABSL_FLAG(int, reps, 5, "repetitions; the RESULT line holds their median, min and max");
 ABSL_FLAG(bool, verbose, false, "after each repetition, print the runtime's accounting to stderr");
+ABSL_FLAG(std::string, monitor, "all", "handoff, idle: the monitor(s) to measure (trace, poll, floor, all)");
+ABSL_FLAG(std::string, quiet, "hot", "handoff: the quiet period before each trial (hot, compute, idle)");
+ABSL_FLAG(int, trials, 0, "handoff: trials (0: 1000 for hot, 200 for compute and idle)");
+ABSL_FLAG(int, seconds, 10, "idle: how long the runtime sits with every goroutine blocked");
 
 namespace {
 
@@ -318,12 +323,21 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   std::string usage = "kgmp-bench CASE [--procs N] [--reps R]\n\ncases:\n";
   for (const Case& c : cases()) usage += absl::StrFormat("  %-16s %s\n", c.name, c.help);
+  usage +=
+      "  handoff          P stuck behind a blocked M, one P: --monitor trace|poll|floor|all "
+      "--quiet hot|compute|idle [--trials N] (p50_us p90_us p99_us max_us)\n"
+      "  idle             every G blocked for --seconds: context switches and CPU of the process\n";
   absl::SetProgramUsageMessage(usage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
     fprintf(stderr, "kgmp-bench: name one case; run kgmp-bench --help for the list\n");
     return 2;
   }
+  if (args[1] == std::string("handoff"))
+    return kgmp_bench::bench_handoff(absl::GetFlag(FLAGS_monitor), absl::GetFlag(FLAGS_quiet),
+                                     absl::GetFlag(FLAGS_trials));
+  if (args[1] == std::string("idle"))
+    return kgmp_bench::bench_idle(absl::GetFlag(FLAGS_monitor), absl::GetFlag(FLAGS_seconds));
   const Case* c = nullptr;
   for (const Case& k : cases())
     if (args[1] == std::string(k.name)) c = &k;

@@ -5,14 +5,17 @@
 // kgmp::blocking() with the same lease word for a whole period (so at least 20 us), if the P
 // has work or the M has been blocked for 10 ms (Go's retake rule).
 //
-// Idle cost: the thread sleeps on a futex with no deadline while no M is inside a blocking
-// section or every P is idle (Go's sysmonwait); enter_blocking() wakes it. So a runtime whose
-// Gs are all parked costs nothing, as in Go.
+// Idle cost: after 50 rounds with nothing to watch (every P idle, or no M inside a blocking
+// section; for the backstop, no G waiting to run and no watcher missing) the thread sleeps on a
+// futex with no deadline (Go's sysmonwait); kick() (an M entering kgmp::blocking, work
+// appearing, a watcher taking its P) wakes it. So a runtime whose Gs are all parked costs
+// nothing, as in Go.
 //
 // Rejected: polling every P's lease without back-off (11-28 % of a core on the development
 // machine, latency-limits.md D1/D2); signals to the blocked M (it is in the kernel: nothing to
 // run there).
 #include <pthread.h>
+#include <sys/prctl.h>
 
 #include <atomic>
 #include <cstdint>
@@ -29,8 +32,10 @@ class PollMonitor final : public Monitor {
  public:
   explicit PollMonitor(bool backstop) : backstop_(backstop) {}
   const char* name() const override { return "poll"; }
+  // Work appeared or a watcher left: only the backstop cares (the poll monitor watches
+  // kgmp::blocking() sections, and enter_blocking wakes it).
   void kick() override {
-    if (sleeping_.load(std::memory_order_seq_cst)) note_.wakeup();
+    if (backstop_ && sleeping_.load(std::memory_order_seq_cst)) note_.wakeup();
   }
 
   void start() override {
@@ -99,23 +104,38 @@ class PollMonitor final : public Monitor {
     }
   }
 
+  // Whether a hand-off could be needed: some P is held while Gs wait to run (its queue or the
+  // global one) and, for the poll monitor, some M is inside kgmp::blocking().
   bool nothing_to_watch() const {
     if (sched->npidle.load(std::memory_order_seq_cst) == sched->nprocs) return true;
-    return !backstop_ && sched->nblocking.load(std::memory_order_seq_cst) == 0;
+    if (!backstop_) return sched->nblocking.load(std::memory_order_seq_cst) == 0;
+    if (sched->runqsize.load(std::memory_order_seq_cst) > 0) return false;
+    for (int i = 0; i < sched->nprocs; i++)
+      if (!sched->allp[i].runq.empty()) return false;
+    for (const auto& w : sched->watcher_missing)
+      if (w.load(std::memory_order_relaxed)) return false;
+    return true;
   }
 
   void loop() {
+    // Sleep as long as asked: with Linux's default 50 us timer slack a 20 us period becomes
+    // ~70 us (Go's sysmon lives with that). Costs nothing while the thread sleeps unbounded.
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
     std::int64_t delay = 20'000;
-    int idle = 0;
+    int idle = 0, quiet = 0;
     while (!stop_.load(std::memory_order_acquire)) {
-      if (nothing_to_watch()) {
+      // Nothing to watch for 50 rounds in a row: sleep until kicked (Go's sysmonwait), so an
+      // idle runtime costs no wakeups at all.
+      if (nothing_to_watch() && ++quiet > 50) {
         sleeping_.store(true, std::memory_order_seq_cst);
         if (nothing_to_watch() && !stop_.load(std::memory_order_acquire)) note_.sleep();
         sleeping_.store(false, std::memory_order_relaxed);
         note_.clear();
-        idle = 0;
+        quiet = idle = 0;
         delay = 20'000;
         continue;
+      } else if (!nothing_to_watch()) {
+        quiet = 0;
       }
       note_.sleep_until(nanotime() + delay);
       note_.clear();

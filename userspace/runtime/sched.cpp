@@ -514,6 +514,7 @@ static void check_dead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock);
 // Caller: anyone, after making a G runnable.
 static void wake_p() {
   std::atomic_thread_fence(std::memory_order_seq_cst);  // StoreLoad: queue write vs. the reads
+  sched->monitor->kick();  // a load of a flag unless the backstop sleeps
   if (sched->npidle.load(std::memory_order_relaxed) == 0) return;
   std::int32_t zero = 0;
   if (sched->nmspinning.load(std::memory_order_relaxed) != 0 ||

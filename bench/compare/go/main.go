@@ -77,6 +77,16 @@ func run(args []string) int {
 		fmt.Fprintln(os.Stderr, usage)
 		return 2
 	}
+	if args[0] == "handoff" {
+		fs := flag.NewFlagSet(prog, flag.ContinueOnError)
+		quiet := fs.String("quiet", "hot", "quiet period: hot, compute or idle")
+		trials := fs.Int("trials", 0, "trials (0: 1000 hot, 200 otherwise)")
+		if err := fs.Parse(args[1:]); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
+			return 2
+		}
+		return runHandoff(*quiet, *trials)
+	}
 	bc := findCase(args[0])
 	if bc == nil {
 		fmt.Fprintf(os.Stderr, "%s: unknown case %q (cases: %s)\n", prog, args[0], caseNames())

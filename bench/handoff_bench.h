@@ -1,0 +1,12 @@
+// handoff_bench.h — kgmp-bench cases about kernel-reported blocking (handoff_bench.cpp).
+#pragma once
+
+#include <string>
+
+namespace kgmp_bench {
+// monitors: trace, poll, floor or all; quiet: hot, compute or idle; trials <= 0: the default
+// (1000 hot, 200 otherwise). Prints RESULT handoff lines; returns an exit status.
+int bench_handoff(const std::string& monitors, const std::string& quiet, int trials);
+// monitors: trace, poll or all. Prints RESULT idle lines.
+int bench_idle(const std::string& monitors, int seconds);
+}  // namespace kgmp_bench
