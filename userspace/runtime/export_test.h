@@ -20,6 +20,15 @@ struct RunStats {
 };
 RunStats last_run_stats();
 
+// The teardown invariant: every G is accounted for (exited or abandoned when main returned, as
+// Go abandons them), and every stack not back in the pool is an abandoned G's. A G that
+// finished its work (its last done()) may still be abandoned on its way out: tests that expect
+// "every G finished" check their own counters, and this for leaks.
+inline bool accounted(const RunStats& st) {
+  return st.spawned == st.exited + st.abandoned &&
+         st.stacks_carved - st.stacks_free <= st.abandoned;
+}
+
 // Stacks held by Gs right now (0 outside a run).
 std::size_t live_stacks_now();
 // The P of the calling G and the CPU it is bound to (-1 outside a G).
