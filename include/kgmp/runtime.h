@@ -68,6 +68,7 @@ struct G;
 G* new_g(std::size_t size, std::size_t align, void (*call)(void*), void (*destroy)(void*),
          void** closure);
 void start_g(G* g);
+void abandon_g(G* g);  // the closure's construction threw: give g back
 void run_main(void (*call)(void*), void* closure, const Config& cfg);
 // G-local storage: a process-wide key, and the slot of the current G for it.
 std::size_t glocal_key();
@@ -97,7 +98,12 @@ void go(F&& f) {
   internal::G* g = internal::new_g(
       sizeof(Fn), alignof(Fn), [](void* p) { (*static_cast<Fn*>(p))(); },
       [](void* p) { static_cast<Fn*>(p)->~Fn(); }, &at);
-  ::new (at) Fn(std::forward<F>(f));
+  try {
+    ::new (at) Fn(std::forward<F>(f));
+  } catch (...) {
+    internal::abandon_g(g);
+    throw;
+  }
   internal::start_g(g);
 }
 

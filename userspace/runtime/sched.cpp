@@ -946,6 +946,10 @@ struct GLocals {
 static void g_free(P* p, G* g) {
   g->status.store(GStatus::kFree, std::memory_order_release);
   if (!g->pooled) return;  // the main G's stack goes at teardown
+  if (p == nullptr) {
+    pool.put_batch(&g, 1);
+    return;
+  }
   if (p->ngfree == P::kGCacheMax) {
     pool.put_batch(p->gfree, P::kGCacheBatch);  // the coldest half
     std::memmove(p->gfree, p->gfree + P::kGCacheBatch,
@@ -1039,7 +1043,7 @@ G* new_g(std::size_t size, std::size_t align, void (*call)(void*), void (*destro
   if (sched == nullptr)
     fatal("kgmp: kgmp::go called while no runtime runs; call it from code running under "
           "kgmp::run");
-  RuntimeScope rs;
+  enter_runtime();  // left in start_g (or abandon_g): one lease CAS per spawn
   M* m = getm();
   P* p = m != nullptr ? m->p : nullptr;
   G* g = g_get(p);
@@ -1050,9 +1054,18 @@ G* new_g(std::size_t size, std::size_t align, void (*call)(void*), void (*destro
   return g;
 }
 
+void abandon_g(G* g) {
+  san_fiber_destroy(g);
+  M* m = getm();
+  g_free(m != nullptr ? m->p : nullptr, g);
+  exit_runtime();
+}
+
 void start_g(G* g) {
   g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
-  RuntimeScope rs;
+  struct Exit {
+    ~Exit() { exit_runtime(); }
+  } exit;  // the runtime entry new_g made
   M* m = getm();
   if (m != nullptr && m->p != nullptr && m->curg != nullptr) {
     m->p->c_spawns.fetch_add(1, std::memory_order_relaxed);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <new>
 
 #include "sched.h"
@@ -34,8 +35,9 @@ void StackPool::destroy() {
   LockGuard l(lock_);
   for (const Chunk& c : chunks_) munmap(c.map, c.bytes);
   chunks_.clear();
-  free_ = nullptr;
-  nfree_ = ncarved_ = nguarded_ = 0;
+  free_.clear();
+  free_.shrink_to_fit();
+  ncarved_ = nguarded_ = 0;
 }
 
 bool StackPool::add_chunk() {
@@ -95,12 +97,12 @@ int StackPool::get_batch(G** out, int n) {
   int k = 0, nfresh = 0;
   {
     LockGuard l(lock_);
-    while (k < n && free_ != nullptr) {
-      out[k++] = free_;
-      free_ = free_->schedlink;
-      nfree_--;
+    if (!free_.empty()) {
+      k = static_cast<int>(std::min<std::size_t>(static_cast<std::size_t>(n), free_.size()));
+      std::memcpy(out, free_.data() + free_.size() - static_cast<std::size_t>(k), sizeof(G*) * static_cast<std::size_t>(k));
+      free_.resize(free_.size() - static_cast<std::size_t>(k));
+      return k;
     }
-    if (k > 0) return k;
     while (nfresh < std::min(n, kCarveBatch)) {
       if (chunks_.empty() || chunks_.back().used == chunks_.back().slots) {
         if (nfresh > 0) break;
@@ -122,11 +124,7 @@ int StackPool::get_batch(G** out, int n) {
 
 void StackPool::put_batch(G* const* in, int n) {
   LockGuard l(lock_);
-  for (int i = 0; i < n; i++) {
-    in[i]->schedlink = free_;
-    free_ = in[i];
-  }
-  nfree_ += static_cast<std::size_t>(n);
+  free_.insert(free_.end(), in, in + n);
 }
 
 void StackPool::guard_range(const G* g, std::uintptr_t* lo, std::uintptr_t* hi) {

@@ -64,7 +64,7 @@ class StackPool {
   }
   std::size_t free_count() {
     LockGuard l(lock_);
-    return nfree_;
+    return free_.size();
   }
 
   // The guard page below g's stack, for the SIGSEGV handler: [lo, hi) or {0,0} if unguarded.
@@ -88,8 +88,9 @@ class StackPool {
   std::size_t slot_ = 0;  // usable + guard page
   std::size_t guard_budget_ = 0;
   std::vector<Chunk> chunks_ ABSL_GUARDED_BY(lock_);
-  G* free_ ABSL_GUARDED_BY(lock_) = nullptr;
-  std::size_t nfree_ ABSL_GUARDED_BY(lock_) = 0;
+  // Free Gs, hottest last. A flat array rather than a list through the G headers: moving a
+  // batch between Ps copies pointers and touches no (cold, other-CPU) G header under the lock.
+  std::vector<G*> free_ ABSL_GUARDED_BY(lock_);
   std::size_t ncarved_ ABSL_GUARDED_BY(lock_) = 0;
   std::size_t nguarded_ ABSL_GUARDED_BY(lock_) = 0;
 };
