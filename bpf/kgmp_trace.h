@@ -33,13 +33,18 @@
 #define KGMP_LEASE_MAKE(seq, holder, state) \
   ((((__u64)(seq)) << 18) | (((__u64)(holder)&0xffffu) << 2) | ((__u64)(state)&3u))
 
+/* Two cache lines: the first written by the runtime (nglobal changes with the global queue),
+ * the second by BPF (its counters move on context switches), so neither side's writes evict
+ * the line the other reads on its hot path. */
 struct kgmp_hdr {
   __u32 nprocs;
   __u32 nglobal;          /* Gs on the global run queue (or waiting for a P) */
-  __u64 events;           /* block events submitted */
-  __u64 dropped;          /* block events lost: ring buffer full */
-  __u64 not_m;            /* switches of tasks of this process that are not registered Ms */
-  __u64 pad[4];
+  __u64 register_failed;  /* runtime: Ms it could not register with BPF (watched by polling) */
+  __u64 rt_pad[6];
+  __u64 events;           /* BPF: block events submitted */
+  __u64 dropped;          /* BPF: block events lost (ring buffer full, or no ring) */
+  __u64 not_m;            /* BPF: switches of tasks of this process that are not registered Ms */
+  __u64 bpf_pad[5];
 };
 
 struct kgmp_p_shared {

@@ -34,7 +34,10 @@ if(CMAKE_SCRIPT_MODE_FILE)
       file(REMOVE "${OUT}.tmp")
       message(FATAL_ERROR "bpftool btf dump file ${BTF} failed (${rc}): ${err}")
     endif()
-    file(RENAME "${OUT}.tmp" "${OUT}")
+    # Unchanged BTF (a reboot into the same kernel): keep the old file and its time stamp, so
+    # that nothing downstream rebuilds.
+    file(COPY_FILE "${OUT}.tmp" "${OUT}" ONLY_IF_DIFFERENT)
+    file(REMOVE "${OUT}.tmp")
   elseif(KGMP_BPF_STEP STREQUAL "skeleton")
     execute_process(COMMAND "${BPFTOOL}" gen skeleton "${OBJ}" name "${NAME}"
                     OUTPUT_FILE "${OUT}.tmp" RESULT_VARIABLE rc ERROR_VARIABLE err)
@@ -42,7 +45,8 @@ if(CMAKE_SCRIPT_MODE_FILE)
       file(REMOVE "${OUT}.tmp")
       message(FATAL_ERROR "bpftool gen skeleton ${OBJ} failed (${rc}): ${err}")
     endif()
-    file(RENAME "${OUT}.tmp" "${OUT}")
+    file(COPY_FILE "${OUT}.tmp" "${OUT}" ONLY_IF_DIFFERENT)
+    file(REMOVE "${OUT}.tmp")
   else()
     message(FATAL_ERROR "BpfObject.cmake: unknown KGMP_BPF_STEP '${KGMP_BPF_STEP}'")
   endif()
@@ -79,7 +83,7 @@ function(_kgmp_bpf_check)
       set(ver "${CMAKE_MATCH_1}")
       if(ver VERSION_LESS 7.5)
         list(APPEND missing
-             "bpftool >= 7.5 (${KGMP_BPFTOOL} is ${ver}; Debian package bpftool from bookworm-backports)")
+             "bpftool >= 7.5 (found ${ver} at ${KGMP_BPFTOOL}, Debian package bpftool from bookworm-backports)")
       endif()
     else()
       list(APPEND missing "a working bpftool (`${KGMP_BPFTOOL} version` failed)")
@@ -102,7 +106,7 @@ function(_kgmp_bpf_check)
     set(minor "${CMAKE_MATCH_1}")
     if("${major}.${minor}" VERSION_LESS 1.4)
       list(APPEND missing
-           "libbpf >= 1.4 (the headers in ${KGMP_LIBBPF_INCLUDE_DIR} are ${major}.${minor}; Debian package libbpf-dev from bookworm-backports)")
+           "libbpf >= 1.4 (found ${major}.${minor} in ${KGMP_LIBBPF_INCLUDE_DIR}, Debian package libbpf-dev from bookworm-backports)")
     endif()
   endif()
   if(NOT KGMP_LIBELF)
@@ -110,6 +114,14 @@ function(_kgmp_bpf_check)
   endif()
   if(NOT KGMP_LIBZ)
     list(APPEND missing "zlib (Debian package zlib1g-dev)")
+  endif()
+  # __TARGET_ARCH_* for bpf_tracing.h (PT_REGS_* macros).
+  if(CMAKE_SYSTEM_PROCESSOR MATCHES "^(x86_64|AMD64|amd64)$")
+    set(KGMP_BPF_ARCH x86 PARENT_SCOPE)
+  elseif(CMAKE_SYSTEM_PROCESSOR MATCHES "^(aarch64|arm64|ARM64)$")
+    set(KGMP_BPF_ARCH arm64 PARENT_SCOPE)
+  else()
+    list(APPEND missing "a BPF target architecture for ${CMAKE_SYSTEM_PROCESSOR}")
   endif()
 
   if(missing)
@@ -127,8 +139,10 @@ get_property(_kgmp_bpf_checked GLOBAL PROPERTY KGMP_HAVE_BPF SET)
 if(NOT _kgmp_bpf_checked)
   _kgmp_bpf_check()
   set_property(GLOBAL PROPERTY KGMP_HAVE_BPF ${KGMP_HAVE_BPF})
+  set_property(GLOBAL PROPERTY KGMP_BPF_ARCH "${KGMP_BPF_ARCH}")
 else()
   get_property(KGMP_HAVE_BPF GLOBAL PROPERTY KGMP_HAVE_BPF)
+  get_property(KGMP_BPF_ARCH GLOBAL PROPERTY KGMP_BPF_ARCH)
 endif()
 
 # kgmp_libbpf: libbpf.a + -lelf -lz, for the loaders (static so that the 1.4 API we compile
@@ -188,7 +202,7 @@ function(kgmp_bpf_object name source)
   # skeleton embeds it.
   add_custom_command(
     OUTPUT "${obj}"
-    COMMAND "${KGMP_BPF_CLANG}" -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_x86
+    COMMAND "${KGMP_BPF_CLANG}" -g -O2 -target bpf -mcpu=v3 -D__TARGET_ARCH_${KGMP_BPF_ARCH}
             -DBPF_NO_KFUNC_PROTOTYPES -fms-extensions -Wno-microsoft-anon-tag -Wall
             -I "${incdir}" -I "${srcdir}" -idirafter "${KGMP_LIBBPF_INCLUDE_DIR}"
             -MD -MF "${depfile}" -MT "${obj}"

@@ -38,10 +38,10 @@ namespace kgmp::internal {
 namespace {
 
 // ---- the ABI of kgmp_trace.h -----------------------------------------------------------
-static_assert(sizeof(kgmp_hdr) == 64);
+static_assert(sizeof(kgmp_hdr) == 128);
 static_assert(offsetof(kgmp_hdr, nprocs) == 0 && offsetof(kgmp_hdr, nglobal) == 4);
-static_assert(offsetof(kgmp_hdr, events) == 8 && offsetof(kgmp_hdr, dropped) == 16 &&
-              offsetof(kgmp_hdr, not_m) == 24);
+static_assert(offsetof(kgmp_hdr, events) == 64 && offsetof(kgmp_hdr, dropped) == 72 &&
+              offsetof(kgmp_hdr, not_m) == 80);
 static_assert(sizeof(kgmp_p_shared) == 64 && sizeof(kgmp_p_shared) % 64 == 0);
 static_assert(offsetof(kgmp_p_shared, lease) == 0 && offsetof(kgmp_p_shared, runq_len) == 8 &&
               offsetof(kgmp_p_shared, cpu) == 12);
@@ -52,9 +52,9 @@ static_assert(offsetof(kgmp_m_shared, tid) == 0 && offsetof(kgmp_m_shared, p) ==
               offsetof(kgmp_m_shared, blocks) == 32 && offsetof(kgmp_m_shared, wakes) == 40 &&
               offsetof(kgmp_m_shared, last_block_ns) == 48 &&
               offsetof(kgmp_m_shared, last_wake_ns) == 56);
-static_assert(offsetof(kgmp_shared, hdr) == 0 && offsetof(kgmp_shared, p) == 64 &&
-              offsetof(kgmp_shared, m) == 64 + 64 * KGMP_MAX_PROCS);
-static_assert(sizeof(kgmp_shared) == 64 + 64 * KGMP_MAX_PROCS + 64 * KGMP_MAX_MS);
+static_assert(offsetof(kgmp_shared, hdr) == 0 && offsetof(kgmp_shared, p) == 128 &&
+              offsetof(kgmp_shared, m) == 128 + 64 * KGMP_MAX_PROCS);
+static_assert(sizeof(kgmp_shared) == 128 + 64 * KGMP_MAX_PROCS + 64 * KGMP_MAX_MS);
 static_assert(sizeof(kgmp_block_event) == 24 && offsetof(kgmp_block_event, m) == 0 &&
               offsetof(kgmp_block_event, p) == 4 && offsetof(kgmp_block_event, lease) == 8 &&
               offsetof(kgmp_block_event, ts_ns) == 16);

@@ -1,5 +1,8 @@
 // trace_latency.cpp — measurements of the `trace` monitor on this machine (root; not a test).
 //
+// --fifo (first argument) runs every measuring thread at SCHED_FIFO 10, like the "R" columns of
+// latency-limits.md (a loaded machine without the foreign load's interference).
+//
 //   trace_latency latency [trials=1000] [cpu=0]
 //       W (a registered M holding P 0 with lease USER and runq_len 1) and S (P 0's spare M,
 //       waiting in Ring::wait) are pinned to the same CPU, as in latency-limits.md design C.
@@ -50,7 +53,17 @@ std::uint64_t now_ns() {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u + ts.tv_nsec;
 }
 
+bool g_fifo = false;  // --fifo: every measuring thread at SCHED_FIFO 10 (latency-limits.md "R")
+
 void pin(int cpu) {
+  if (g_fifo) {
+    sched_param sp{};
+    sp.sched_priority = 10;
+    if (sched_setscheduler(0, SCHED_FIFO, &sp) != 0) {
+      std::perror("sched_setscheduler(SCHED_FIFO)");
+      std::exit(1);
+    }
+  }
   cpu_set_t set;
   CPU_ZERO(&set);
   CPU_SET(cpu, &set);
@@ -81,6 +94,29 @@ void gap(std::mt19937& rng) {
   std::uniform_int_distribution<int> d(100, 300);
   timespec ts{0, d(rng) * 1000L};
   nanosleep(&ts, nullptr);
+}
+
+bool set_stats(const char* v) {
+  std::ofstream f("/proc/sys/kernel/bpf_stats_enabled");
+  f << v;
+  f.flush();
+  return static_cast<bool>(f);
+}
+
+struct ProgStats {
+  std::uint64_t cnt = 0, ns = 0;
+};
+ProgStats prog_stats(unsigned id) {
+  ProgStats st;
+  int fd = bpf_prog_get_fd_by_id(id);
+  bpf_prog_info info{};
+  __u32 len = sizeof info;
+  if (fd >= 0 && bpf_prog_get_info_by_fd(fd, &info, &len) == 0) {
+    st.cnt = info.run_cnt;
+    st.ns = info.run_time_ns;
+  }
+  if (fd >= 0) close(fd);
+  return st;
 }
 
 int latency(int trials, int cpu) {
@@ -130,6 +166,15 @@ int latency(int trials, int cpu) {
   });
   while (s_tid.load() == 0) std::this_thread::yield();
 
+  // bpf_stats of the sched_switch program: a baseline of foreign switches first (300 ms), then
+  // the trials; the difference estimates the cost of one armed event in W's switch.
+  const unsigned switch_id = tb->prog_ids().at(0);
+  const bool stats = set_stats("1");
+  ProgStats st_a = prog_stats(switch_id);
+  usleep(300000);
+  ProgStats st_b = prog_stats(switch_id);
+  const std::uint64_t events0 = s->hdr.events;
+
   // W, on this thread.
   pin(cpu);
   const int w_tid = static_cast<int>(syscall(SYS_gettid));
@@ -150,6 +195,9 @@ int latency(int trials, int cpu) {
     if (read(wpipe[0], &c, 1) != 1) break;
   }
   store(s->p[0].lease, static_cast<__u64>(KGMP_LEASE_MAKE(seq++, kW, KGMP_LEASE_RUNTIME)));
+  ProgStats st_c = prog_stats(switch_id);
+  const std::uint64_t events = s->hdr.events - events0;
+  if (stats) set_stats("0");
   stop.store(true);
   ring->wake();
   sth.join();
@@ -163,6 +211,16 @@ int latency(int trials, int cpu) {
   report("W timestamp -> S awake (Ring::wait returns)", total);
   report("  W timestamp -> sched_switch (BPF ts)", to_switch);
   report("  sched_switch -> S awake", from_switch);
+  if (stats && st_b.cnt > st_a.cnt && events > 0 && st_c.cnt - st_b.cnt > events) {
+    const double base = static_cast<double>(st_b.ns - st_a.ns) / static_cast<double>(st_b.cnt - st_a.cnt);
+    const double others = static_cast<double>(st_c.cnt - st_b.cnt - events);
+    const double armed =
+        (static_cast<double>(st_c.ns - st_b.ns) - others * base) / static_cast<double>(events);
+    std::printf("bpf_stats sched_switch: %.0f ns/run for other switches (%llu runs), about %.0f ns "
+                "per armed event (%llu events, FORCE_WAKEUP included)\n",
+                base, static_cast<unsigned long long>(st_b.cnt - st_a.cnt), armed,
+                static_cast<unsigned long long>(events));
+  }
   tb.reset();
 
   // Floor: the same hand-off through a plain pipe (W writes S's pipe, then blocks).
@@ -213,18 +271,14 @@ double pingpong(int cpu_a, int cpu_b, long n) {
   return static_cast<double>(t) / static_cast<double>(n);
 }
 
-bool set_stats(const char* v) {
-  std::ofstream f("/proc/sys/kernel/bpf_stats_enabled");
-  f << v;
-  return static_cast<bool>(f);
-}
-
 int switch_cost(int pairs, long n) {
   // The child process: commands "a b" (cpus) on `cmd`, answers a double on `res`.
   int cmd[2], res[2];
   if (pipe(cmd) != 0 || pipe(res) != 0) return 1;
   pid_t pid = fork();
   if (pid == 0) {
+    close(cmd[1]);
+    close(res[0]);
     int cpus[2];
     while (read(cmd[0], cpus, sizeof cpus) == sizeof cpus) {
       double ns = pingpong(cpus[0], cpus[1], n);
@@ -232,6 +286,8 @@ int switch_cost(int pairs, long n) {
     }
     _exit(0);
   }
+  close(cmd[0]);
+  close(res[1]);
   auto round = [&](int a, int b) {
     int cpus[2] = {a, b};
     double ns = 0;
@@ -306,12 +362,18 @@ int switch_cost(int pairs, long n) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  setvbuf(stdout, nullptr, _IOLBF, 0);
+  if (argc > 1 && std::strcmp(argv[1], "--fifo") == 0) {
+    g_fifo = true;
+    argv++;
+    argc--;
+  }
   std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "latency")
     return latency(argc > 2 ? std::atoi(argv[2]) : 1000, argc > 3 ? std::atoi(argv[3]) : 0);
   if (mode == "switch-cost")
     return switch_cost(argc > 2 ? std::atoi(argv[2]) : 20, argc > 3 ? std::atol(argv[3]) : 20000);
   std::fprintf(stderr,
-               "usage: trace_latency latency [trials] [cpu] | switch-cost [pairs] [round_trips]\n");
+               "usage: trace_latency [--fifo] latency [trials] [cpu] | switch-cost [pairs] [round_trips]\n");
   return 2;
 }

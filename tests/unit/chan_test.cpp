@@ -182,29 +182,41 @@ TEST_P(Chans, StressNoLossNoDupPerSenderOrder) {
   }
 }
 
-// The prime sieve of chained goroutines (Go's classic).
+// The prime sieve of chained goroutines (Go's classic), shut down cleanly: closing `quit`
+// stops the generator, which closes its channel, and each filter closes its own in turn.
 TEST_P(Chans, PrimeSieve) {
-  expect_clean_ = false;  // the filters stay blocked when main returns, as in Go
   std::vector<int> primes;
   kgmp::run(
       [&] {
-        kgmp::Chan<int> src(0);
-        kgmp::go([src]() mutable {
-          for (int i = 2;; i++) src.send(i);
+        kgmp::Chan<int> src(0), quit(0);
+        kgmp::WaitGroup all;
+        all.add(1);
+        kgmp::go([&, src, quit]() mutable {
+          for (int i = 2;; i++) {
+            bool stop = false;
+            kgmp::select(kgmp::on_send(src, i), kgmp::on_recv(quit, [&](auto) { stop = true; }));
+            if (stop) break;
+          }
+          src.close();
+          all.done();
         });
         kgmp::Chan<int> ch = src;
         for (int i = 0; i < 100; i++) {
           int p = *ch.recv();
           primes.push_back(p);
           kgmp::Chan<int> next(0);
-          kgmp::go([in = ch, out = next, p]() mutable {
-            for (;;) {
-              int v = *in.recv();
+          all.add(1);
+          kgmp::go([&, in = ch, out = next, p]() mutable {
+            for (int v : in)
               if (v % p != 0) out.send(v);
-            }
+            out.close();
+            all.done();
           });
           ch = next;
         }
+        quit.close();
+        for (int v : ch) (void)v;  // drain the last filter until the chain has closed
+        all.wait();
       },
       cfg());
   ASSERT_EQ(primes.size(), 100u);

@@ -60,7 +60,7 @@ class TraceMonitor final : public Monitor {
   void register_m(M* m) override {
     if (m->id < KGMP_MAX_MS) {
       absl::Status s = bpf_->register_m(m->tid, static_cast<unsigned>(m->id));
-      if (!s.ok()) bpf_->shared()->hdr.pad[0]++;  // counted; the backstop still covers the M
+      if (!s.ok()) __atomic_fetch_add(&bpf_->shared()->hdr.register_failed, 1, __ATOMIC_RELAXED);
     }
   }
   void unregister_m(M* m) override {

@@ -266,11 +266,9 @@ absl::Status TraceBpf::init(int nprocs) {
     if (why.empty() && is_privilege_error(err))
       return absl::PermissionDeniedError(absl::StrFormat(
           "cannot load the BPF program: %s%s", errstr(err), privilege_hint()));
-    if (why.empty()) {
-      why = " (";
-      why += "the kernel lacks something it needs: tp_btf programs, ring buffers or "
-             "mmap-able arrays; set KGMP_BPF_DEBUG=1 for libbpf's log)";
-    }
+    if (why.empty())
+      why = " (the kernel lacks something it needs: tp_btf programs, ring buffers or mmap-able "
+            "arrays; set KGMP_BPF_DEBUG=1 for libbpf's log)";
     return absl::FailedPreconditionError(
         absl::StrFormat("cannot load the BPF program: %s%s", errstr(err), why));
   }

@@ -19,6 +19,7 @@
 #include <sys/types.h>
 
 #include <atomic>
+#include <cstddef>
 #include <memory>
 #include <cstddef>
 #include <cstdint>
@@ -32,6 +33,13 @@
 #include "timer.h"
 
 namespace kgmp::internal {
+
+// The layout both sides of bpf/kgmp_trace.h compile: one cache line per P and per M slot, the
+// header's runtime and BPF halves on separate lines, the lease word 8-byte aligned (atomic_ref).
+static_assert(sizeof(kgmp_hdr) == 128 && offsetof(kgmp_hdr, events) == 64);
+static_assert(sizeof(kgmp_p_shared) == 64 && offsetof(kgmp_p_shared, lease) == 0);
+static_assert(sizeof(kgmp_m_shared) == 64 && offsetof(kgmp_m_shared, in_blocking) == 12);
+static_assert(offsetof(kgmp_shared, p) == 128 && offsetof(kgmp_shared, m) % 64 == 0);
 
 struct M;
 struct P;
