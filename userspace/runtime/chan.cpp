@@ -236,6 +236,10 @@ bool chan_send(ChanCore* c, void* src, bool block) ABSL_NO_THREAD_SAFETY_ANALYSI
     if (!block) return false;
     block_forever("chan send (nil chan)");
   }
+  // Enter the runtime before taking the channel lock: entering may find the P gone and park
+  // this G until it gets one, which must not happen with the lock held (every other G touching
+  // the channel would spin on it).
+  RuntimeScope rs;
   c->lock.lock();
   if (c->closed) {
     c->lock.unlock();
@@ -267,6 +271,7 @@ RecvResult chan_recv(ChanCore* c, void* dst, bool block) ABSL_NO_THREAD_SAFETY_A
     if (!block) return RecvResult::kWouldBlock;
     block_forever("chan receive (nil chan)");
   }
+  RuntimeScope rs;  // before the lock: see chan_send
   c->lock.lock();
   G* wake = nullptr;
   RecvResult r = recv_now(c, dst, &wake);
@@ -287,6 +292,7 @@ RecvResult chan_recv(ChanCore* c, void* dst, bool block) ABSL_NO_THREAD_SAFETY_A
 
 void chan_close(ChanCore* c) {
   if (c == nullptr) chan_panic("close of nil channel");
+  RuntimeScope rs;  // before the lock: see chan_send
   c->lock.lock();
   if (c->closed) {
     c->lock.unlock();
@@ -359,7 +365,9 @@ SelectResult select_go(SelectCase* cases, int n, bool has_default) ABSL_NO_THREA
     if (has_default) return {-1, false};
     block_forever(n == 0 ? "select (no cases)" : "select");
   }
-  // Lock order: by channel address, each channel once.
+  // Lock order: by channel address, each channel once. The runtime is entered first: see
+  // chan_send.
+  RuntimeScope rs;
   SelectLocks locks;
   locks.order = static_cast<ChanCore**>(alloca(sizeof(ChanCore*) * static_cast<std::size_t>(np)));
   for (int k = 0; k < np; k++) locks.order[locks.n++] = cases[order[k]].c;

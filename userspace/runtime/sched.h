@@ -199,7 +199,9 @@ M* getm();
 
 // Parks the calling G with wait reason `reason`; unlockf(arg), if given, runs once the G's
 // context is saved (Go's gopark: release the wait queue's lock there, so that a waker cannot
-// ready the G before it has left its stack). Caller: a running G.
+// ready the G before it has left its stack). Caller: a running G that entered the runtime
+// (RuntimeScope) BEFORE taking the lock unlockf releases: entering the runtime may park the G
+// until it gets a P back, which must never happen while it holds a lock other Gs spin on.
 void gopark(void (*unlockf)(void*), void* arg, const char* reason);
 // Makes a parked G runnable: into the current P's runnext (next = true, Go's ready: a woken
 // partner runs at once) or at the tail of its queue (next = false: timers, so that Gs whose
