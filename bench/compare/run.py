@@ -116,6 +116,9 @@ def parse_args(argv):
                    help="Markdown file to write (default: bench/RESULTS.md in the repository)")
     p.add_argument("--only", default="kgmp,go,boost",
                    help="implementations to run, comma separated subset of kgmp,go,boost")
+    p.add_argument("--handoff", default="hot compute idle",
+                   help="quiet modes of the handoff comparison (kgmp trace/poll/floor vs Go), "
+                        "and the idle cost; '' to skip")
     p.add_argument("--timeout", type=int, default=300,
                    help="seconds before one invocation is killed (default 300)")
     args = p.parse_args(argv)
@@ -390,7 +393,7 @@ def command_line(argv):
     return shlex.join(["bench/compare/run", *args])
 
 
-def report(args, argv, impls, outcomes, started, info, go_version):
+def report(args, argv, impls, outcomes, started, info, go_version, extra=()):
     cpu, ncpu, kernel = machine_info()
     keys = {i.key for i in impls}
     versions = []
@@ -422,8 +425,67 @@ def report(args, argv, impls, outcomes, started, info, go_version):
     ]
     for case in args.cases:
         lines += case_table(case, impls, outcomes[case], args.runs)
+    lines += list(extra)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines).rstrip() + "\n")
+
+
+HANDOFF_RE = re.compile(r"^RESULT handoff monitor=(\S+) quiet=(\S+) p50_us=(\S+) p90_us=(\S+) "
+                        r"p99_us=(\S+) max_us=(\S+) trials=(\d+)")
+IDLE_RE = re.compile(r"^RESULT idle monitor=(\S+) seconds=(\d+) context_switches=(-?\d+) "
+                     r"cpu_ms=(\S+)")
+
+
+def handoff_section(kgmp_binary, go_binary, modes, timeout):
+    """Runs the handoff method (bench/handoff_bench.cpp, bench/compare/go/handoff.go) for each
+    quiet mode and the idle cost; returns Markdown lines."""
+    rows, idle_rows = [], []
+    for quiet in modes:
+        cmds = [[str(kgmp_binary), "handoff", "--monitor", "all", "--quiet", quiet]]
+        if go_binary:
+            cmds.append([str(go_binary), "handoff", "--quiet", quiet])
+        for cmd in cmds:
+            print(f"[handoff {quiet}] {' '.join(shown(c) for c in cmd)}", file=sys.stderr, flush=True)
+            try:
+                out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout * 4).stdout
+            except subprocess.TimeoutExpired:
+                out = ""
+            for line in out.splitlines():
+                m = HANDOFF_RE.match(line)
+                if m:
+                    rows.append(m.groups())
+    if modes:
+        cmd = [str(kgmp_binary), "idle", "--monitor", "all", "--seconds", "10"]
+        print(f"[idle] {' '.join(shown(c) for c in cmd)}", file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
+        idle_rows = [m.groups() for m in map(IDLE_RE.match, out.splitlines()) if m]
+    lines = ["## handoff: how long a P stays stuck behind a blocked thread", "",
+             "One P; G A wakes G B and yields; B stores t_enter and blocks in a raw `read()` on a "
+             "pipe (kgmp `poll`: wrapped in `kgmp::blocking`; kgmp `trace`: bare; Go: "
+             "`syscall.Read`); A's first act when it runs again is t_resume; figure = t_resume − "
+             "t_enter, µs. `floor`: a futex wake of a thread parked on the same CPU. Quiet "
+             "periods: hot = trials back to back, compute = A computes 50–100 ms first, idle = A "
+             "sleeps 100–200 ms first. Commands: `kgmp-bench handoff --monitor all --quiet Q`, "
+             "`go-bench handoff --quiet Q`.", "",
+             "| quiet | monitor | p50 µs | p90 µs | p99 µs | max µs | trials | p50 vs Go | p99 vs Go |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    go = {r[1]: r for r in rows if r[0] == "go"}
+    for r in rows:
+        mon, quiet, p50, p90, p99, mx, n = r
+        g = go.get(quiet)
+        vs50 = vs99 = ""
+        if g and mon != "go":
+            vs50 = f"{float(g[2]) / max(float(p50), 0.001):.1f}x faster"
+            vs99 = f"{float(g[4]) / max(float(p99), 0.001):.1f}x faster"
+        lines.append(f"| {quiet} | {mon} | {p50} | {p90} | {p99} | {mx} | {n} | {vs50} | {vs99} |")
+    if idle_rows:
+        lines += ["", "## idle: the cost of a runtime whose goroutines are all blocked", "",
+                  "Every goroutine blocked (main on a WaitGroup, one in `read()` on a pipe); the "
+                  "whole process's context switches and CPU time over 10 s "
+                  "(`kgmp-bench idle --monitor all`). Go: zero by design (sysmon sleeps).", "",
+                  "| monitor | context switches | CPU ms |", "|---|---|---|"]
+        lines += [f"| {r[0]} | {r[2]} | {r[3]} |" for r in idle_rows]
+    return lines + [""]
 
 
 def main(argv):
@@ -457,7 +519,13 @@ def main(argv):
                         break
                 if len(o.failures) == failed_before:
                     o.runs_ok += 1
-    report(args, argv, impls, outcomes, started, info, go_version)
+    extra = []
+    kg = next((i for i in impls if i.key == "kgmp"), None)
+    gi = next((i for i in impls if i.key == "go"), None)
+    if kg and args.handoff.split():
+        extra = handoff_section(kg.binary, gi.binary if gi else None, args.handoff.split(),
+                                args.timeout)
+    report(args, argv, impls, outcomes, started, info, go_version, extra)
     print(f"wrote {shown(args.out)}", file=sys.stderr)
 
 
