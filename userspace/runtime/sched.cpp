@@ -678,6 +678,10 @@ static void finish_switch(M* m) {
       break;
     case After::kPark:
       g->status.store(GStatus::kWaiting, std::memory_order_release);
+      if (m->requeue_lost) {  // a P-less park (gopark): the G is accounted for again
+        sched->nlostp.fetch_sub(1, std::memory_order_seq_cst);
+        m->requeue_lost = false;
+      }
       if (m->unlockf != nullptr) {
         auto f = m->unlockf;
         m->unlockf = nullptr;
@@ -914,12 +918,36 @@ void gopark(void (*unlockf)(void*), void* arg, const char* reason) {
     fatal("kgmp: a goroutine primitive was used outside a goroutine (%s); call it from code "
           "running under kgmp::run",
           reason);
-  RuntimeScope rs;
-  m = getm();
   m->curg->waitreason = reason;
   m->unlockf = unlockf;
   m->unlock_arg = arg;
+  if (m->rt_depth++ == 0) {
+    // Entering the runtime to park. Callers usually hold the lock unlockf releases, so if the
+    // P was handed off meanwhile the G must not wait for a P with it (lost_p's requeue): it
+    // parks right away, P-less, on g0, which releases the lock; the M then waits as a spare.
+    P* p = m->p;
+    LeaseWord e = m->lease_expect;
+    if (p == nullptr ||
+        !lease_ref(p).compare_exchange_strong(
+            e, KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(e) + 1, m->id, KGMP_LEASE_RUNTIME),
+            std::memory_order_acq_rel)) {
+      if (p != nullptr) {  // handed off: nlostp drops once the G is parked (finish_switch)
+        m->p = nullptr;
+        m->sh->p = KGMP_NO_P;
+        m->requeue_lost = true;
+      }
+      G* g = m->curg;
+      m->after = After::kPark;
+      m->after_g = g;
+      m->curg = nullptr;
+      switch_to(m, g, &m->g0);
+      exit_runtime();  // resumed by an M holding a P
+      return;
+    }
+    owner_in(p, m);
+  }
   leave_g(After::kPark);
+  exit_runtime();
 }
 
 void goready(G* g, bool next) {
