@@ -13,14 +13,11 @@
 
 #include "export_test.h"
 #include "kgmp/kgmp.h"
+#include "test_util.h"
 
 namespace {
 
-int ncpus() {
-  cpu_set_t s;
-  sched_getaffinity(0, sizeof s, &s);
-  return CPU_COUNT(&s);
-}
+using kgmp_test::ncpus;
 
 class Chans : public ::testing::TestWithParam<int> {
  protected:
@@ -359,7 +356,7 @@ TEST_P(Chans, SelectStressWithCloses) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Procs, Chans, ::testing::Range(1, ncpus() + 1),
-                         [](const auto& info) { return "P" + std::to_string(info.param); });
+                         kgmp_test::procs_name);
 
 TEST(ChanPanicDeathTest, SendOnClosed) {
   EXPECT_EXIT(kgmp::run([] {

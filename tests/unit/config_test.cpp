@@ -7,14 +7,11 @@
 #include <string>
 
 #include "kgmp/kgmp.h"
+#include "test_util.h"
 
 namespace {
 
-int ncpus() {
-  cpu_set_t s;
-  sched_getaffinity(0, sizeof s, &s);
-  return CPU_COUNT(&s);
-}
+using kgmp_test::ncpus;
 
 class ConfigTest : public ::testing::Test {
  protected:

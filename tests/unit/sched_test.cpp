@@ -15,16 +15,13 @@
 
 #include "export_test.h"
 #include "kgmp/kgmp.h"
+#include "test_util.h"
 
 namespace {
 
 using kgmp::internal::last_run_stats;
 
-int ncpus() {
-  cpu_set_t s;
-  sched_getaffinity(0, sizeof s, &s);
-  return CPU_COUNT(&s);
-}
+using kgmp_test::ncpus;
 
 void expect_clean_teardown() {
   auto st = last_run_stats();
@@ -278,7 +275,7 @@ TEST_P(Sched, GoFromAForeignThread) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Procs, Sched, ::testing::Range(1, ncpus() + 1),
-                         [](const auto& info) { return "P" + std::to_string(info.param); });
+                         kgmp_test::procs_name);
 
 // When main returns, the other Gs are abandoned (Go), but those that never started have their
 // closure destroyed, so captured resources are released.

@@ -12,16 +12,13 @@
 
 #include "export_test.h"
 #include "kgmp/kgmp.h"
+#include "test_util.h"
 
 namespace {
 
 using namespace std::chrono_literals;
 
-int ncpus() {
-  cpu_set_t s;
-  sched_getaffinity(0, sizeof s, &s);
-  return CPU_COUNT(&s);
-}
+using kgmp_test::ncpus;
 
 class Time : public ::testing::TestWithParam<int> {
  protected:
@@ -238,7 +235,7 @@ TEST_P(Time, SleepingIsNotADeadlock) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Procs, Time, ::testing::Range(1, ncpus() + 1),
-                         [](const auto& info) { return "P" + std::to_string(info.param); });
+                         kgmp_test::procs_name);
 
 TEST(DeadlockDeathTest, MainBlockedOnAChannelNobodySendsOn) {
   EXPECT_EXIT(kgmp::run([] {

@@ -708,15 +708,30 @@ static void finish_switch(M* m) {
   }
 }
 
+// Runs p's expired timers, reading the clock only when p has a timer. Caller: p's holder.
+static inline void run_own_timers(P* p) {
+  std::int64_t t0 = p->timers.timer0.load(std::memory_order_relaxed);
+  if (t0 == 0) return;
+  std::int64_t now = nanotime();
+  if (t0 <= now) run_timers(p, now);
+}
+
 // Switches from `from` (the running G or g0) to `to`. Returns when something switches back to
 // `from`, possibly on another M. Caller: m with m->curg already set to `to` (or null for g0).
 static void switch_to(M* m, G* from, G* to) {
   if (from->canary != nullptr && *from->canary != kStackCanary) stack_overflow(from, nullptr);
   bool dying = m->after == After::kExit && m->after_g == from;
   san_start_switch(from, to, dying);
+  from->rt_depth = m->rt_depth;
   kgmp_ctx_switch(&from->sp, to->sp);
   san_finish_switch(from);
-  finish_switch(getm());
+  M* now = getm();
+  now->rt_depth = from->rt_depth;
+  finish_switch(now);
+  // Due timers run here, after the previous G's wait-queue lock was released by
+  // finish_switch, and never before the switch: a timer callback may send on the very channel
+  // whose lock the parking G still holds.
+  if (now->p != nullptr) run_own_timers(now->p);
 }
 
 // Starts running g on m (from g0 or from a G). Caller: m holding a P.
@@ -757,13 +772,6 @@ static void m_loop(M* m) {
   }
 }
 
-// Runs p's expired timers, reading the clock only when p has a timer. Caller: p's holder.
-static inline void run_own_timers(P* p) {
-  std::int64_t t0 = p->timers.timer0.load(std::memory_order_relaxed);
-  if (t0 == 0) return;
-  std::int64_t now = nanotime();
-  if (t0 <= now) run_timers(p, now);
-}
 
 // Leaves the current G (with action a) for the next runnable G of this P, or for g0.
 // Caller: the running G, its M holding a P.
@@ -772,7 +780,6 @@ static void leave_g(After a) {
   G* gp = m->curg;
   m->after = a;
   m->after_g = gp;
-  run_own_timers(m->p);
   G* next = sched->stopping.load(std::memory_order_relaxed) ? nullptr : runq_next_local(m->p);
   if (next != nullptr) {
     execute(m, gp, next);
@@ -1011,6 +1018,7 @@ static void begin_stop();
 static void g_entry(void* arg) {
   G* g = static_cast<G*>(arg);
   san_finish_switch(nullptr);
+  getm()->rt_depth = 1;  // a new G starts inside the runtime that switched to it
   finish_switch(getm());
   g->started = true;
   exit_runtime();  // from here on, user code: the lease says USER
@@ -1105,7 +1113,10 @@ void start_g(G* g) {
     // back hot before it spawns more. Without it a million-G spawn loop keeps most of the
     // million alive at once, and every one of them touches a fresh stack page (~3 us here);
     // Go pays that too, with smaller stacks (bench/RESULTS.md, spawn).
-    if (spilled && !sched->stopping.load(std::memory_order_relaxed)) leave_g(After::kYieldGlobal);
+    // Only from user code (depth 1: the entry new_g made): a spawn from inside the runtime,
+    // e.g. a timer callback under its heap lock, must not switch away.
+    if (spilled && m->rt_depth == 1 && !sched->stopping.load(std::memory_order_relaxed))
+      leave_g(After::kYieldGlobal);
     return;
   }
   sched->outside_spawns.fetch_add(1, std::memory_order_relaxed);

@@ -69,6 +69,7 @@ struct G {
   void* closure = nullptr;
   GLocals* locals = nullptr;
   const char* waitreason = nullptr;
+  int rt_depth = 0;  // M::rt_depth while switched out (a G resumes at the depth it left with)
   // Sanitizer fiber state (unused otherwise).
   void* asan_fake_stack = nullptr;
   void* tsan_fiber = nullptr;
@@ -124,8 +125,11 @@ struct M {
   int id = 0;  // also its slot in kgmp_shared::m and its holder id in lease words
   kgmp_m_shared* sh = nullptr;  // its slot in shared memory (own_sh beyond KGMP_MAX_MS)
   kgmp_m_shared own_sh{};
-  // Runtime entry depth: 0 while G code runs, >0 inside the runtime (g0 is always inside).
-  // 0 -> 1 CASes the lease USER -> RUNTIME, 1 -> 0 stores USER (enter_runtime/exit_runtime).
+  // Runtime entry depth of the running context: 0 while G code runs, >0 inside the runtime (g0
+  // is always inside). 0 -> 1 CASes the lease USER -> RUNTIME, 1 -> 0 stores USER
+  // (enter_runtime/exit_runtime). It belongs to the context, not the thread: switch_to saves
+  // it in the G switched away from and restores the resumed one's, since a G parked at depth 2
+  // (a channel operation's scope around gopark) leaves the runtime twice when it resumes.
   int rt_depth = 1;
   __u64 lease_expect = 0;  // the USER lease word it stored last
   bool requeue_lost = false;  // the G of a kRequeue was running when its P was handed off
