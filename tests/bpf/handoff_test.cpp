@@ -62,7 +62,7 @@ std::string trace_unavailable() {
 // it. Without a hand-off the runner cannot run until the blocker returns.
 template <class Block, class Release>
 long progress_while_blocked(Block block, Release release) {
-  std::atomic<bool> blocked{false}, done{false};
+  std::atomic<bool> blocked{false}, done{false}, finished{false};
   std::atomic<long> during{0};
   const char* mon = nullptr;
   kgmp::run(
@@ -74,10 +74,12 @@ long progress_while_blocked(Block block, Release release) {
           blocked = true;
           block();
           blocked = false;
+          finished = true;
           wg.done();
         });
         kgmp::go([&] {
-          while (!blocked) kgmp::yield();
+          // (If the blocker never blocks, e.g. a file on tmpfs, it finishes first: stop waiting.)
+          while (!blocked && !finished) kgmp::yield();
           for (int i = 0; i < 200 && blocked; i++) {
             during++;
             kgmp::yield();
