@@ -9,4 +9,6 @@ namespace kgmp_bench {
 int bench_handoff(const std::string& monitors, const std::string& quiet, int trials);
 // monitors: trace, poll or all. Prints RESULT idle lines.
 int bench_idle(const std::string& monitors, int seconds);
+// Ping-pong of another process with the trace program detached vs attached (switch_cost.cpp).
+int bench_switch_cost(int pairs, long round_trips);
 }  // namespace kgmp_bench

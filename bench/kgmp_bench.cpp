@@ -326,7 +326,8 @@ int main(int argc, char** argv) {
   usage +=
       "  handoff          P stuck behind a blocked M, one P: --monitor trace|poll|floor|all "
       "--quiet hot|compute|idle [--trials N] (p50_us p90_us p99_us max_us)\n"
-      "  idle             every G blocked for --seconds: context switches and CPU of the process\n";
+      "  idle             every G blocked for --seconds: context switches and CPU of the process\n"
+      "  switch-cost      another process's pipe ping-pong, trace program detached vs attached\n";
   absl::SetProgramUsageMessage(usage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
@@ -336,6 +337,8 @@ int main(int argc, char** argv) {
   if (args[1] == std::string("handoff"))
     return kgmp_bench::bench_handoff(absl::GetFlag(FLAGS_monitor), absl::GetFlag(FLAGS_quiet),
                                      absl::GetFlag(FLAGS_trials));
+  if (args[1] == std::string("switch-cost"))
+    return kgmp_bench::bench_switch_cost(20, 20000);
   if (args[1] == std::string("idle"))
     return kgmp_bench::bench_idle(absl::GetFlag(FLAGS_monitor), absl::GetFlag(FLAGS_seconds));
   const Case* c = nullptr;

@@ -11,7 +11,7 @@
 //       Between trials W sleeps 100-300 us with its lease RUNTIME (no event). Prints p50/p90/
 //       p99/max of W timestamp -> S awake, and its two stages split by the BPF timestamp.
 //       Then the same with a plain pipe (W writes S's pipe, then blocks): the same-core floor.
-//   trace_latency switch-cost [pairs=20] [round_trips=20000]
+//   (the switch cost of the attached program: kgmp-bench switch-cost)
 //       A child process ping-pongs a byte over two pipes between two threads (same CPU, then
 //       two CPUs). Paired rounds without / with the program attached (order alternating);
 //       prints the median per-round-trip time of each and the median of the paired
@@ -249,116 +249,6 @@ int latency(int trials, int cpu) {
   return 0;
 }
 
-// ---- switch cost ---------------------------------------------------------------------------
-// The child: two threads ping-pong `n` bytes; returns ns per round trip.
-double pingpong(int cpu_a, int cpu_b, long n) {
-  int ab[2], ba[2];
-  if (pipe(ab) != 0 || pipe(ba) != 0) std::exit(1);
-  std::thread b([&] {
-    pin(cpu_b);
-    char c;
-    for (long i = 0; i < n; i++)
-      if (read(ab[0], &c, 1) != 1 || write(ba[1], &c, 1) != 1) break;
-  });
-  pin(cpu_a);
-  std::uint64_t t = now_ns();
-  char c = 'x';
-  for (long i = 0; i < n; i++)
-    if (write(ab[1], &c, 1) != 1 || read(ba[0], &c, 1) != 1) break;
-  t = now_ns() - t;
-  b.join();
-  for (int fd : {ab[0], ab[1], ba[0], ba[1]}) close(fd);
-  return static_cast<double>(t) / static_cast<double>(n);
-}
-
-int switch_cost(int pairs, long n) {
-  // The child process: commands "a b" (cpus) on `cmd`, answers a double on `res`.
-  int cmd[2], res[2];
-  if (pipe(cmd) != 0 || pipe(res) != 0) return 1;
-  pid_t pid = fork();
-  if (pid == 0) {
-    close(cmd[1]);
-    close(res[0]);
-    int cpus[2];
-    while (read(cmd[0], cpus, sizeof cpus) == sizeof cpus) {
-      double ns = pingpong(cpus[0], cpus[1], n);
-      if (write(res[1], &ns, sizeof ns) != sizeof ns) break;
-    }
-    _exit(0);
-  }
-  close(cmd[0]);
-  close(res[1]);
-  auto round = [&](int a, int b) {
-    int cpus[2] = {a, b};
-    double ns = 0;
-    if (write(cmd[1], cpus, sizeof cpus) != sizeof cpus || read(res[0], &ns, sizeof ns) != sizeof ns)
-      std::exit(1);
-    return ns;
-  };
-  const int ncpu = static_cast<int>(std::thread::hardware_concurrency());
-  for (int other : {0, 1}) {
-    if (other >= ncpu) break;
-    std::vector<double> off, on, diff;
-    round(0, other);  // warm-up
-    for (int i = 0; i < pairs; i++) {
-      double x, y;
-      if (i % 2 == 0) {
-        x = round(0, other);
-        auto tb = TraceBpf::open(1);
-        if (!tb.ok()) {
-          std::fprintf(stderr, "trace_latency: %s\n", std::string(tb.status().message()).c_str());
-          return 1;
-        }
-        y = round(0, other);
-      } else {
-        {
-          auto tb = TraceBpf::open(1);
-          if (!tb.ok()) return 1;
-          y = round(0, other);
-        }
-        x = round(0, other);
-      }
-      off.push_back(x);
-      on.push_back(y);
-      diff.push_back(y - x);
-    }
-    std::printf("ping-pong CPU 0 <-> CPU %d, %d pairs x %ld round trips (another process):\n",
-                other, pairs, n);
-    std::printf("  detached: median %.0f ns/round trip (min %.0f, max %.0f)\n", pct(off, 0.5),
-                pct(off, 0), pct(off, 1));
-    std::printf("  attached: median %.0f ns/round trip (min %.0f, max %.0f)\n", pct(on, 0.5),
-                pct(on, 0), pct(on, 1));
-    std::printf("  paired difference: median %+.0f ns/round trip (min %+.0f, max %+.0f)\n",
-                pct(diff, 0.5), pct(diff, 0), pct(diff, 1));
-  }
-
-  // ns per program run, from the kernel's bpf_stats.
-  {
-    auto tb = TraceBpf::open(1);
-    if (!tb.ok()) return 1;
-    std::vector<unsigned> ids = (*tb)->prog_ids();
-    if (set_stats("1")) {
-      round(0, 0);
-      const char* names[] = {"sched_switch", "sched_wakeup"};
-      for (size_t i = 0; i < ids.size(); i++) {
-        int fd = bpf_prog_get_fd_by_id(ids[i]);
-        bpf_prog_info info{};
-        __u32 len = sizeof info;
-        if (fd >= 0 && bpf_prog_get_info_by_fd(fd, &info, &len) == 0 && info.run_cnt > 0)
-          std::printf("  bpf_stats %s (foreign tasks): %.0f ns/run over %llu runs\n", names[i],
-                      static_cast<double>(info.run_time_ns) / static_cast<double>(info.run_cnt),
-                      static_cast<unsigned long long>(info.run_cnt));
-        if (fd >= 0) close(fd);
-      }
-      set_stats("0");
-    }
-  }
-  close(cmd[1]);
-  int st;
-  waitpid(pid, &st, 0);
-  return 0;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -371,9 +261,7 @@ int main(int argc, char** argv) {
   std::string mode = argc > 1 ? argv[1] : "";
   if (mode == "latency")
     return latency(argc > 2 ? std::atoi(argv[2]) : 1000, argc > 3 ? std::atoi(argv[3]) : 0);
-  if (mode == "switch-cost")
-    return switch_cost(argc > 2 ? std::atoi(argv[2]) : 20, argc > 3 ? std::atol(argv[3]) : 20000);
   std::fprintf(stderr,
-               "usage: trace_latency [--fifo] latency [trials] [cpu] | switch-cost [pairs] [round_trips]\n");
+               "usage: trace_latency [--fifo] latency [trials] [cpu]   (switch-cost: kgmp-bench switch-cost)\n");
   return 2;
 }
