@@ -791,6 +791,28 @@ static void leave_g(After a) {
 
 // ---- the P lease (DESIGN §3) ----
 
+// USER -> RUNTIME by CAS from the word this M stored last: fails if the P was handed off.
+// Caller: m, at runtime entry (depth 0 -> 1), m->p non-null.
+static inline bool lease_enter(M* m, P* p) {
+  LeaseWord e = m->lease_expect;
+  if (!lease_ref(p).compare_exchange_strong(
+          e, KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(e) + 1, m->id, KGMP_LEASE_RUNTIME),
+          std::memory_order_acq_rel))
+    return false;
+  owner_in(p, m);
+  return true;
+}
+
+// Leaves the running G for g0 with action a (run by g0 once the G's context is saved).
+// Returns when the G is resumed, maybe on another M. Caller: the running G, in the runtime.
+static void switch_to_g0(M* m, After a) {
+  G* g = m->curg;
+  m->after = a;
+  m->after_g = g;
+  m->curg = nullptr;
+  switch_to(m, g, &m->g0);
+}
+
 // The M lost its P while its G ran (a monitor handed it off): Go's exitsyscall slow path.
 // Caller: enter_runtime, on the G's stack, depth already 1.
 static void lost_p(M* m) {
@@ -812,26 +834,14 @@ static void lost_p(M* m) {
   }
   m->requeue_lost = handed;
   // No P for us: the G waits on the global queue and this M parks as a spare of its core.
-  G* g = m->curg;
-  m->after = After::kRequeue;
-  m->after_g = g;
-  m->curg = nullptr;
-  switch_to(m, g, &m->g0);
+  switch_to_g0(m, After::kRequeue);
   // Resumed by an M that holds a P, inside its runtime (depth 1 there).
 }
 
 void enter_runtime() {
   M* m = getm();
   if (m == nullptr || m->rt_depth++ > 0) return;
-  if (P* p = m->p) {
-    LeaseWord e = m->lease_expect;
-    if (lease_ref(p).compare_exchange_strong(
-            e, KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(e) + 1, m->id, KGMP_LEASE_RUNTIME),
-            std::memory_order_acq_rel)) {
-      owner_in(p, m);
-      return;
-    }
-  }
+  if (m->p != nullptr && lease_enter(m, m->p)) return;
   lost_p(m);
 }
 
@@ -933,25 +943,16 @@ void gopark(void (*unlockf)(void*), void* arg, const char* reason) {
     // P was handed off meanwhile the G must not wait for a P with it (lost_p's requeue): it
     // parks right away, P-less, on g0, which releases the lock; the M then waits as a spare.
     P* p = m->p;
-    LeaseWord e = m->lease_expect;
-    if (p == nullptr ||
-        !lease_ref(p).compare_exchange_strong(
-            e, KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(e) + 1, m->id, KGMP_LEASE_RUNTIME),
-            std::memory_order_acq_rel)) {
+    if (p == nullptr || !lease_enter(m, p)) {
       if (p != nullptr) {  // handed off: nlostp drops once the G is parked (finish_switch)
         m->p = nullptr;
         m->sh->p = KGMP_NO_P;
         m->requeue_lost = true;
       }
-      G* g = m->curg;
-      m->after = After::kPark;
-      m->after_g = g;
-      m->curg = nullptr;
-      switch_to(m, g, &m->g0);
+      switch_to_g0(m, After::kPark);
       exit_runtime();  // resumed by an M holding a P
       return;
     }
-    owner_in(p, m);
   }
   leave_g(After::kPark);
   exit_runtime();
