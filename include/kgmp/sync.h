@@ -52,7 +52,10 @@ class WaitGroup {
   void wait();
 
  private:
-  std::atomic<std::int64_t> count_{0};
+  // The counter in the high 32 bits, the waiters in the low 32 (Go's design): a done() that
+  // brings the counter to zero while no waiter is registered returns without touching the
+  // WaitGroup again, so a waiter that sees zero may destroy it at once.
+  std::atomic<std::uint64_t> state_{0};
   internal::WaitQueue waiters_;
 };
 

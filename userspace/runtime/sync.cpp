@@ -54,17 +54,28 @@ int WaitQueue::wake_all() {
 }  // namespace internal
 
 void WaitGroup::add(std::int64_t delta) {
-  std::int64_t v = count_.fetch_add(delta, std::memory_order_acq_rel) + delta;
+  std::uint64_t d = static_cast<std::uint64_t>(delta) << 32;
+  std::uint64_t s = state_.fetch_add(d, std::memory_order_acq_rel) + d;
+  auto v = static_cast<std::int32_t>(s >> 32);
+  auto w = static_cast<std::uint32_t>(s);
   if (v < 0) internal::fatal("panic: sync: negative WaitGroup counter");
-  if (v == 0 && delta < 0) waiters_.wake_all();
+  if (v > 0 || w == 0) return;  // no waiter: do not touch *this again
+  // The counter reached zero with waiters: they registered under the queue lock before
+  // parking, so wake_all finds every one of them queued. (Go: state = 0, then semrelease.)
+  state_.store(0, std::memory_order_release);
+  waiters_.wake_all();
 }
 
 void WaitGroup::wait() {
-  while (count_.load(std::memory_order_acquire) != 0) {
-    if (!waiters_.park_if([this] { return count_.load(std::memory_order_acquire) != 0; },
-                          "sync.WaitGroup.Wait"))
-      return;
-  }
+  waiters_.park_if(
+      [this] {
+        // Register as a waiter only while the counter is non-zero (one atomic word).
+        std::uint64_t s = state_.load(std::memory_order_acquire);
+        while ((s >> 32) != 0)
+          if (state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) return true;
+        return false;
+      },
+      "sync.WaitGroup.Wait");
 }
 
 }  // namespace kgmp
