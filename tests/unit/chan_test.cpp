@@ -120,8 +120,14 @@ TEST_P(Chans, MoveOnlyPayloads) {
         EXPECT_EQ(p, nullptr);
         EXPECT_EQ(**c.recv(), 5);
         EXPECT_EQ(**c.recv(), 6);
-        kgmp::go([u]() mutable { u.send(std::make_unique<int>(7)); });
+        kgmp::WaitGroup wg;  // join every G: one abandoned when main returns would leak its closure
+        wg.add(1);
+        kgmp::go([u, &wg]() mutable {
+          u.send(std::make_unique<int>(7));
+          wg.done();
+        });
         EXPECT_EQ(**u.recv(), 7);
+        wg.wait();
         c.send(std::make_unique<int>(8));  // left in the buffer: destroyed with the channel
       },
       cfg());
@@ -132,11 +138,15 @@ TEST_P(Chans, RangeUntilClosed) {
   kgmp::run(
       [&] {
         kgmp::Chan<int> c(16);
-        kgmp::go([c]() mutable {
+        kgmp::WaitGroup wg;
+        wg.add(1);
+        kgmp::go([c, &wg]() mutable {
           for (int i = 1; i <= 1000; i++) c.send(i);
           c.close();
+          wg.done();
         });
         for (int v : c) sum += v;
+        wg.wait();
       },
       cfg());
   EXPECT_EQ(sum, 500500);
@@ -229,9 +239,12 @@ TEST_P(Chans, PipelineFanOutFanIn) {
   kgmp::run(
       [&] {
         kgmp::Chan<long> nums(8), squares(8);
-        kgmp::go([nums]() mutable {
+        kgmp::WaitGroup gen;
+        gen.add(1);
+        kgmp::go([nums, &gen]() mutable {
           for (long i = 1; i <= 10000; i++) nums.send(i);
           nums.close();
+          gen.done();
         });
         kgmp::WaitGroup workers;
         workers.add(4);
@@ -240,11 +253,16 @@ TEST_P(Chans, PipelineFanOutFanIn) {
             for (long v : nums) squares.send(v * v);
             workers.done();
           });
+        kgmp::WaitGroup closer;
+        closer.add(1);
         kgmp::go([&, squares]() mutable {
           workers.wait();
           squares.close();
+          closer.done();
         });
         for (long v : squares) total += v;
+        closer.wait();
+        gen.wait();
       },
       cfg());
   EXPECT_EQ(total, 10000L * 10001 * 20001 / 6);
@@ -274,8 +292,16 @@ TEST_P(Chans, SelectBlocksUntilOneCaseProceeds) {
   kgmp::run(
       [&] {
         kgmp::Chan<int> a(0), b(0), out(0);
-        kgmp::go([&] { EXPECT_EQ(out.recv(), 5); });
-        kgmp::go([&] { b.send(7); });
+        kgmp::WaitGroup wg;
+        wg.add(2);
+        kgmp::go([&] {
+          EXPECT_EQ(out.recv(), 5);
+          wg.done();
+        });
+        kgmp::go([&] {
+          b.send(7);
+          wg.done();
+        });
         int sum = 0;
         for (int round = 0; round < 2; round++)
           kgmp::select(kgmp::on_recv(a, [&](std::optional<int> v) { sum += *v; }),
@@ -287,6 +313,7 @@ TEST_P(Chans, SelectBlocksUntilOneCaseProceeds) {
         kgmp::select(kgmp::on_recv(a, [&](std::optional<int> v) { closed = !v; }),
                      kgmp::on_recv(b));
         EXPECT_TRUE(closed) << "a closed channel is ready";
+        wg.wait();
       },
       cfg());
 }

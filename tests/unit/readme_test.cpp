@@ -30,6 +30,8 @@ TEST(Readme, ExampleRunsAndSums) {
           kgmp::on_recv(results, [&](std::optional<int> v) { if (v) sum += *v; else open = false; }),
           kgmp::on_recv(ctx.done(), [&](auto) { open = false; }));
     total = sum;
+    cancel();
+    wg.wait();  // (not in the README: the test joins the workers so no closure outlives run())
   });
   EXPECT_EQ(total, 328350);  // sum of i*i for i < 100
 }
