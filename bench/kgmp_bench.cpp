@@ -295,6 +295,37 @@ Metrics bench_sleep(int procs) {
           {"wakeups_per_s", static_cast<double>(late.size()) / secs}};
 }
 
+// mutex: 8 Gs on 2 Ps each do 1,000,000 x {lock; counter++; unlock} on one kgmp::Mutex.
+Metrics bench_mutex(int) {
+  constexpr int kGs = 8, kIters = 1000000;
+  kgmp::Mutex mu;
+  long counter = 0;
+  double ns = 0;
+  kgmp::run(
+      [&] {
+        kgmp::WaitGroup wg;
+        wg.add(kGs);
+        absl::Time t0 = absl::Now();
+        for (int g = 0; g < kGs; g++)
+          kgmp::go([&] {
+            for (int i = 0; i < kIters; i++) {
+              mu.lock();
+              counter++;
+              mu.unlock();
+            }
+            wg.done();
+          });
+        wg.wait();
+        ns = ns_since(t0);
+      },
+      with_procs(2));
+  if (counter != static_cast<long>(kGs) * kIters) {
+    fprintf(stderr, "mutex: counter = %ld\n", counter);
+    exit(1);
+  }
+  return {{"ns_per_op", ns / (static_cast<double>(kGs) * kIters)}};
+}
+
 const std::vector<Case>& cases() {
   static const std::vector<Case> all = {
       {"spawn", "spawn+join of 1,000,000 trivial Gs (ns_per_g)", bench_spawn},
@@ -306,6 +337,7 @@ const std::vector<Case>& cases() {
       {"chan-throughput", "buffered (1024) 1 producer 1 consumer on 2 Ps (msgs_per_s)",
        bench_chan_throughput},
       {"select", "two-case select with one ready, 1 P (ns_per_select)", bench_select},
+      {"mutex", "8 Gs on 2 Ps, 1,000,000 x lock/counter++/unlock each (ns_per_op)", bench_mutex},
       {"sleep", "10,000 Gs sleeping 1 ms 100 times (late_p99_us late_p50_us wakeups_per_s)",
        bench_sleep},
   };
