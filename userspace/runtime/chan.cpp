@@ -205,6 +205,46 @@ RecvResult recv_now(ChanCore* c, void* dst, G** wake) ABSL_EXCLUSIVE_LOCKS_REQUI
   return RecvResult::kWouldBlock;
 }
 
+// The buffered fast paths: a send into a buffer with room and no parked receiver, or a
+// receive from a non-empty buffer with no parked sender, touches the channel alone (no G to
+// ready, none to park), so it runs without entering the runtime: the channel lock is its only
+// protection, as in Go. Entering costs a CAS on the P's lease word (DESIGN §3), which made a
+// buffered hand-over cost a third more than Go's and, on 2 Ps, let a producer fill the buffer
+// so slowly that an idle P stole its consumer back before the pair could settle on one P (Go
+// keeps them together; chan-throughput measured 6.5 vs 20.6 M msgs/s before this path).
+// Why it is safe outside the runtime: nothing here touches a P, and the lock is never held
+// across a park; if the thread blocks while holding it (a page fault on the buffer) the P may
+// be handed off, which only delays the unlock, exactly as for any G code holding a user lock.
+// The miss (full/empty buffer, waiters, closed) unlocks and takes the usual path, which
+// re-checks everything under the lock. Caller: any thread; c buffered.
+bool send_buffered_fast(ChanCore* c, void* src) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  c->lock.lock();
+  if (c->closed || !c->recvq.empty() || c->qcount == c->cap) {
+    c->lock.unlock();
+    return false;
+  }
+  c->ops->construct(c->slot(c->sendx), src);
+  c->sendx = (c->sendx + 1) % c->cap;
+  c->qcount++;
+  c->lock.unlock();
+  return true;
+}
+
+bool recv_buffered_fast(ChanCore* c, void* dst) ABSL_NO_THREAD_SAFETY_ANALYSIS {
+  c->lock.lock();
+  if (c->qcount == 0 || !c->sendq.empty()) {
+    c->lock.unlock();
+    return false;
+  }
+  void* head = c->slot(c->recvx);
+  c->ops->construct(dst, head);
+  c->ops->destroy(head);
+  c->recvx = (c->recvx + 1) % c->cap;
+  c->qcount--;
+  c->lock.unlock();
+  return true;
+}
+
 }  // namespace
 
 ChanCore* chan_make(const ElemOps* ops, std::size_t cap) {
@@ -236,6 +276,7 @@ bool chan_send(ChanCore* c, void* src, bool block) ABSL_NO_THREAD_SAFETY_ANALYSI
     if (!block) return false;
     block_forever("chan send (nil chan)");
   }
+  if (c->cap > 0 && send_buffered_fast(c, src)) return true;
   // Enter the runtime before taking the channel lock: entering may find the P gone and park
   // this G until it gets one, which must not happen with the lock held (every other G touching
   // the channel would spin on it).
@@ -271,6 +312,7 @@ RecvResult chan_recv(ChanCore* c, void* dst, bool block) ABSL_NO_THREAD_SAFETY_A
     if (!block) return RecvResult::kWouldBlock;
     block_forever("chan receive (nil chan)");
   }
+  if (c->cap > 0 && recv_buffered_fast(c, dst)) return RecvResult::kValue;
   RuntimeScope rs;  // before the lock: see chan_send
   c->lock.lock();
   G* wake = nullptr;
