@@ -82,6 +82,14 @@ class RunQueue {
   // the ring is empty and steal_next, takes runnext instead. Returns how many it took.
   // `out` must have room for kSize/2 elements.
   std::uint32_t grab(T** out, bool steal_next) {
+    return grab(out, steal_next, [] { return true; });
+  }
+  // The same, calling settle() between reading runnext and taking it: Go's runqgrab, whose
+  // thief sleeps there so that a running owner about to run its runnext keeps it. runnext is
+  // taken only if settle() returns true and runnext still holds the element read before (else
+  // the ring is tried again); settle() returning false gives up (returns 0).
+  template <class Settle>
+  std::uint32_t grab(T** out, bool steal_next, Settle settle) {
     for (;;) {
       std::uint32_t h = head_.load(std::memory_order_acquire);
       std::uint32_t tl = tail_.load(std::memory_order_acquire);
@@ -91,6 +99,7 @@ class RunQueue {
         if (!steal_next) return 0;
         T* next = runnext_.load(std::memory_order_acquire);
         if (next == nullptr) return 0;
+        if (!settle()) return 0;
         if (!runnext_.compare_exchange_strong(next, nullptr, std::memory_order_acq_rel)) continue;
         out[0] = next;
         return 1;

@@ -551,8 +551,19 @@ static G* runq_steal(P* p, P* victim, bool steal_next) {
     // communicating pair over two CPUs. With Linux's default 50 us timer slack the sleep lasts
     // ~50 us, which is what makes it work: a 3 us spin let chan-throughput's producer and
     // consumer be pulled apart ~1000 times a second and run 4x slower (bench/RESULTS.md).
-    if (!victim->idle.load(std::memory_order_relaxed)) usleep(3);
-    n = victim->runq.grab(batch, true);
+    // The sleep sits between reading runnext and taking it (runq.h, grab: Go's order), and the
+    // steal goes ahead only if the victim started no G meanwhile (its schedtick counter is
+    // unchanged): then the G it runs is a long one and runnext really waits. Go checks instead
+    // that runnext still holds the same G, which a pair alternating on one P defeats: producer
+    // and consumer trade runnext every ~12 us here (one 1024-message batch), so after the
+    // ~55 us sleep the same G is back half the time; that split the pair ~250 times a second
+    // (chan-throughput 11-16 M msgs/s on 2 Ps; 37-39 M with this check; 41 M on one P).
+    n = victim->runq.grab(batch, true, [victim] {
+      if (victim->idle.load(std::memory_order_relaxed)) return true;
+      std::uint64_t tick = victim->c_schedticks.load(std::memory_order_relaxed);
+      usleep(3);
+      return victim->c_schedticks.load(std::memory_order_relaxed) == tick;
+    });
   }
   if (n == 0) return nullptr;
   G* g = batch[--n];
