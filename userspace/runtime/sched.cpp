@@ -267,7 +267,7 @@ static void acquire_p(M* m, P* p) {
   LeaseWord w = l.load(std::memory_order_relaxed);
   l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, m->id, KGMP_LEASE_RUNTIME),
           std::memory_order_release);
-  m->sh->p = static_cast<std::uint32_t>(p->id);
+  __atomic_store_n(&m->sh->p, static_cast<std::uint32_t>(p->id), __ATOMIC_RELAXED);  // read by BPF and telemetry
   owner_in(p, m);
 }
 
@@ -283,7 +283,7 @@ static P* release_p(M* m) {
           std::memory_order_release);
   p->m = nullptr;
   m->p = nullptr;
-  m->sh->p = KGMP_NO_P;
+  __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
   return p;
 }
 
@@ -293,7 +293,7 @@ static void* m_start(void* arg);
 // Gives m its slot in the shared memory (and its entry in m_by_id). Caller: holds sched->lock.
 static void init_m_slot(M* m) {
   m->sh = m->id < KGMP_MAX_MS ? &sched->shared->m[m->id] : &m->own_sh;
-  m->sh->p = KGMP_NO_P;
+  __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
   m->sh->cpu = static_cast<std::uint32_t>(m->cpu);
   sched->m_by_id[static_cast<std::size_t>(m->id)].store(m, std::memory_order_release);
 }
@@ -893,7 +893,7 @@ static void lost_p(M* m) {
   bool handed = m->p != nullptr;
   if (handed) {
     m->p = nullptr;  // the P's new holder already owns p->m
-    m->sh->p = KGMP_NO_P;
+    __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
   }
   P* q;
   {
@@ -992,7 +992,7 @@ void entersyscall() {
             std::memory_order_release);
     p->m = nullptr;
     m->p = nullptr;
-    m->sh->p = KGMP_NO_P;
+    __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
     p->c.handoffs_out.add();
     trace_event(p->id, TraceEv::kHandoff, kNoHolder, 0, static_cast<std::uint64_t>(m->id));
     handoff_start(p);
@@ -1033,7 +1033,7 @@ void gopark(void (*unlockf)(void*), void* arg, const char* reason) {
     if (p == nullptr || !lease_enter(m, p)) {
       if (p != nullptr) {  // handed off: nlostp drops once the G is parked (finish_switch)
         m->p = nullptr;
-        m->sh->p = KGMP_NO_P;
+        __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
         m->requeue_lost = true;
       }
       switch_to_g0(m, After::kPark);
