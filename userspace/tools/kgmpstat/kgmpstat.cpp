@@ -72,7 +72,7 @@ Subcommands
         CURG     the goroutine running on the P now (G<id>, - when none)
         RUNQ     goroutines waiting in the P's local run queue
         STEAL/s  successful steals by this P from others, per second
-        HOFF/s   hand-offs: times per second this P was given to a new M because its M
+        HOFF/s   hand-offs: times per second this P was taken from its M because the M
                  blocked in the kernel (what the monitor exists for)
         P99LAT   99th percentile scheduling latency (runnable -> running) over the interval;
                  power-of-two buckets, so "<16.4us" means under 2^14 ns

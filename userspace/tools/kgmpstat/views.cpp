@@ -146,9 +146,14 @@ std::string RenderTop(const Value& snap, int pid, const std::string& comm) {
     std::int64_t tid = p.get_int("tid", mv != nullptr ? mv->get_int("tid", -1) : -1);
     std::int64_t curg = p.get_int("curg", 0);
     std::string steals = dp != nullptr ? rate(dp->get_double("steals")) : "-";
+    // Hand-offs of this P: the times it was taken from its blocked M ("handoffs_out"; older
+    // servers only sent "handoffs_in").
     std::string hoffs = "-";
-    if (dp != nullptr && dp->find("handoffs_in") != nullptr)
-      hoffs = rate(dp->get_double("handoffs_in"));
+    for (const char* k : {"handoffs_out", "handoffs_in"})
+      if (dp != nullptr && dp->find(k) != nullptr) {
+        hoffs = rate(dp->get_double(k));
+        break;
+      }
     std::string p99 = "-";
     if (dp != nullptr && dp->find("lat_hist") != nullptr) {
       std::uint64_t q = HistQuantileNs(*dp->find("lat_hist"), 0.99);
@@ -265,6 +270,14 @@ constexpr FieldMetric kGlobal[] = {
     {"gomaxprocs", "sched_gomaxprocs_threads", "gauge", false,
      "Ps (GOMAXPROCS): the number of goroutines that can run at once."},
     {"goroutines", "sched_goroutines_goroutines", "gauge", false, "Live goroutines."},
+    {"goroutines_created", "sched_goroutines_created_total", "counter", false,
+     "Goroutines created since kgmp::run() started."},
+    {"running", "sched_goroutines_running_goroutines", "gauge", false,
+     "Goroutines running (approximate, as Go's /sched/goroutines/running)."},
+    {"runnable", "sched_goroutines_runnable_goroutines", "gauge", false,
+     "Goroutines ready to run, waiting for a P (approximate)."},
+    {"waiting", "sched_goroutines_waiting_goroutines", "gauge", false,
+     "Goroutines parked on a channel, timer or lock (approximate)."},
     {"threads", "sched_threads", "gauge", false, "Ms (OS threads) the runtime created."},
     {"idleprocs", "sched_idle_procs", "gauge", false, "Ps with nothing to run."},
     {"spinningthreads", "sched_spinning_threads", "gauge", false,
@@ -283,12 +296,13 @@ constexpr FieldMetric kProc[] = {
     {"runs", "goroutine_runs_total", "counter", false,
      "Goroutine executions on the P (a G resumed three times counts three)."},
     {"spawns", "spawns_total", "counter", false, "Goroutines created by goroutines on the P."},
+    {"exits", "goroutine_exits_total", "counter", false, "Goroutines that finished on the P."},
     {"steals", "steals_total", "counter", false, "Successful steals by the P from other Ps."},
     {"stolen", "stolen_goroutines_total", "counter", false, "Goroutines the P took in steals."},
+    {"handoffs_out", "handoffs_total", "counter", false,
+     "Times the P was taken from its M blocked in the kernel."},
     {"handoffs_in", "handoffs_received_total", "counter", false,
-     "Times the P was handed to a new M because its M blocked."},
-    {"handoffs_out", "handoffs_given_total", "counter", false,
-     "Times the P was taken from its blocked M."},
+     "Hand-offs of the P after which a new M ran it (the others left it idle)."},
     {"globrunq_takes", "global_runqueue_takes_total", "counter", false,
      "Goroutines the P took from the global run queue."},
     {"parks", "parks_total", "counter", false, "Times the P's M parked with nothing to run."},
@@ -304,8 +318,10 @@ constexpr FieldMetric kCore[] = {
      "Times an M holding a P blocked in the kernel on this CPU."},
     {"ctx_switches", "context_switches_total", "counter", false,
      "Context switches of the runtime's Ms on this CPU."},
+    {"runq_wait_ns", "runqueue_wait_seconds_total", "counter", true,
+     "Time the runtime's Ms waited runnable in the kernel on this CPU (schedstat run_delay)."},
     {"foreign_ns", "foreign_seconds_total", "counter", true,
-     "Time this CPU ran other tasks while an M was runnable."},
+     "Part of that wait during which another process's task ran."},
     {"blocked_ns", "blocked_seconds_total", "counter", true,
      "Time Ms holding a P were off-CPU, blocked, on this CPU."},
 };
