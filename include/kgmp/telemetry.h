@@ -2,8 +2,8 @@
 //
 // Each P's counters are written only by the M holding it, with relaxed atomic stores, so a
 // snapshot taken while the runtime runs is a racy but tear-free view. KGMPDEBUG=counters=0
-// turns them off (every field reads 0 except spawns, exits and handoffs_out, the runtime's own
-// accounting). kgmp/metrics.h has the process-wide figures in Go's runtime/metrics shape. After run() returns,
+// turns them off (every field reads 0 except schedticks/runs, spawns, exits and handoffs_out,
+// the runtime's own accounting). kgmp/metrics.h has the process-wide figures in Go's runtime/metrics shape. After run() returns,
 // proc_stats() keeps returning the final values of that run until the next one starts.
 #pragma once
 
@@ -17,7 +17,7 @@ struct ProcStats {
   int id = 0;             // P id
   int cpu = -1;           // the CPU it is bound to (-1: Ms not pinned)
   std::uint64_t schedticks = 0;  // Gs scheduled on it (Go's schedtick)
-  std::uint64_t runs = 0;        // G executions (a G resumed three times counts three)
+  std::uint64_t runs = 0;        // G executions (a G resumed three times counts three) = schedticks
   std::uint64_t spawns = 0;      // Gs created by Gs running on it
   std::uint64_t steals = 0;      // successful steals from other Ps
   std::uint64_t stolen = 0;      // Gs it took in those steals

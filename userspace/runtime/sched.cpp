@@ -633,7 +633,7 @@ static G* steal_work(M* m, P* p) {
 // The non-blocking part of find_runnable: every 61st tick the global queue, then the local
 // queue, then the global queue. Caller: p's holder, on any stack.
 static G* runq_next_local(P* p) {
-  if (p->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
+  if (p->c.schedticks.load() % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
     LockGuard l(sched->lock);
     if (G* g = globrunq_get(p, 1)) return g;
   }
@@ -796,10 +796,8 @@ static void switch_to(M* m, G* from, G* to) {
 // Starts running g on m (from g0 or from a G). Caller: m holding a P.
 static void execute(M* m, G* from, G* g) {
   P* p = m->p;
-  p->schedtick++;
+  p->c.schedticks.add();  // Go's schedtick (the 61st-tick fairness check reads it); runs = it
   if (counters_on) {
-    p->c.schedticks.add();
-    p->c.runs.add();
     if (g->runnable_tick != 0) {  // a sampled transition (track_ready)
       std::uint64_t now = ticks();
       p->c.lat.add(now > g->runnable_tick ? ticks_to_ns(now - g->runnable_tick) : 0);
@@ -1319,7 +1317,7 @@ static std::vector<ProcStats> snapshot_procs() {
     s.id = p.id;
     s.cpu = sched->cfg.pin ? p.cpu : -1;
     s.schedticks = p.c.schedticks.load();
-    s.runs = p.c.runs.load();
+    s.runs = p.c.schedticks.load();
     s.spawns = p.c.spawns.load();
     s.steals = p.c.steals.load();
     s.stolen = p.c.stolen.load();

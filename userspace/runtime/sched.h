@@ -105,7 +105,6 @@ struct alignas(64) P {
   P* link = nullptr;  // idle list
   RunQueue<G> runq;
   TimerHeap timers;
-  std::uint32_t schedtick = 0;
   // Free Gs (each with its stack), hot first: Go's p.gFree. Refilled from / spilled to the
   // global pool in batches of kGCacheBatch.
   static constexpr int kGCacheMax = 64;

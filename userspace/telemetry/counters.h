@@ -18,7 +18,8 @@
 //     (taken off or put on the idle list, spinning begins or ends): slow paths that already
 //     take a lock or a futex, so a nanotime() there is noise.
 //   - `counters_on` (KGMPDEBUG=counters=0 turns it off, to measure their cost) gates every
-//     counter below except the run accounting (spawns, exits, hand-offs given) that
+//     counter below except schedticks (Go's schedtick, which the scheduler itself needs) and
+//     the run accounting (spawns, exits, hand-offs given) that
 //     kgmp::internal::last_run_stats and the teardown invariant need.
 //   - The trace recorder: a relaxed global flag, tested once per event site (one predictable
 //     branch when off). When on, each P writes its own bounded buffer (single writer: the
@@ -42,7 +43,8 @@ namespace kgmp::internal {
 
 // Whether the counters are on for this run (KGMPDEBUG=counters=0: off). Written before any M
 // starts, read-only afterwards.
-extern bool counters_on;
+// (Hidden: a direct RIP-relative load on the hot path, no GOT indirection in -fPIC code.)
+extern bool counters_on __attribute__((visibility("hidden")));
 
 // A counter with one writer at a time (see above); any thread may read it.
 class Counter {
@@ -75,14 +77,14 @@ struct Hist {
 // The latency sampling clock: the TSC when the kernel's clocksource is tsc (so it is
 // synchronized across CPUs and constant-rate), CLOCK_MONOTONIC otherwise.
 std::uint64_t ticks_slow();
-extern bool ticks_use_tsc;
-extern double ticks_ns_per_tick;  // calibrated once per process (about 2 ms, at the first run)
+extern bool ticks_use_tsc __attribute__((visibility("hidden")));
+extern std::uint64_t ticks_ns_mult __attribute__((visibility("hidden")));  // ns/tick * 2^32  // calibrated once per process (about 2 ms, at the first run)
 inline std::uint64_t ticks() {
   if (__builtin_expect(ticks_use_tsc, 1)) return __builtin_ia32_rdtsc();
   return ticks_slow();
 }
 inline std::uint64_t ticks_to_ns(std::uint64_t t) {
-  return static_cast<std::uint64_t>(static_cast<double>(t) * ticks_ns_per_tick);
+  return static_cast<std::uint64_t>((static_cast<unsigned __int128>(t) * ticks_ns_mult) >> 32);
 }
 void ticks_calibrate();  // idempotent; called by run() before any M starts
 
@@ -93,8 +95,8 @@ inline constexpr std::uint32_t kTrackPeriod = 8;
 enum class PState : std::uint8_t { kIdle = 0, kBusy = 1, kSpin = 2 };
 
 struct PCounters {
-  Counter schedticks;    // Gs scheduled (Go's schedtick)
-  Counter runs;          // G executions
+  Counter schedticks;    // Gs scheduled = G executions (Go's schedtick; always counted: the
+                         // global queue's 61st-tick fairness check reads it)
   Counter spawns;        // Gs created by Gs running on it (always counted)
   Counter exits;         // Gs that returned on it (always counted)
   Counter steals;        // successful steals from other Ps
@@ -149,10 +151,13 @@ struct TraceBuf {
   std::atomic<std::uint32_t> n{0};
   std::uint32_t cap = 0;
   Counter dropped;
-  TraceEvent ev[1];  // cap entries (the buffer is mmap'd with room for them)
+  // cap events follow the header (the buffer is mmap'd with room for them)
+  TraceEvent* ev() { return reinterpret_cast<TraceEvent*>(this + 1); }
 };
+static_assert(sizeof(TraceBuf) % alignof(TraceEvent) == 0);
 
-extern std::atomic<bool> tracing;  // the one flag every event site tests
+extern std::atomic<bool> tracing  // the one flag every event site tests
+    __attribute__((visibility("hidden")));
 // Records one event into P p's buffer. Caller: p's owner, with `tracing` seen on.
 void trace_event_slow(int p, TraceEv ev, std::uint32_t m, std::uint64_t g, std::uint64_t arg);
 inline void trace_event(int p, TraceEv ev, std::uint32_t m, std::uint64_t g, std::uint64_t arg) {

@@ -108,7 +108,7 @@ Snapshot take_snapshot() {
     ps.runq = p->runq.size() + (p->runq.has_next() ? 1u : 0u);  // ring + runnext
     local += ps.runq;
     ps.schedticks = c.schedticks.load();
-    ps.runs = c.runs.load();
+    ps.runs = ps.schedticks;
     ps.spawns = c.spawns.load();
     ps.exits = c.exits.load();
     ps.steals = c.steals.load();

@@ -67,7 +67,8 @@
 // "foreign_ns" the part of it another process's task ran. "handoffs_out" counts the times the
 // P was taken from its blocked M, "handoffs_in" those after which a new M ran it (the others
 // left it idle). "lat_hist" samples one transition in 8 (Go's gTrackingPeriod). With
-// KGMPDEBUG=counters=0 every per-P counter reads 0 except spawns, exits and handoffs_out.
+// KGMPDEBUG=counters=0 every per-P counter reads 0 except schedticks (= runs), spawns, exits
+// and handoffs_out.
 // "interval_ns" of a connection's first answer is the uptime.
 // Histograms ("*_hist") are arrays of kHistBuckets counts; bucket i counts values v (in ns)
 // with 2^i <= v < 2^(i+1) (bucket 0 also counts 0), the last bucket everything above.

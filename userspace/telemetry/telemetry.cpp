@@ -55,7 +55,7 @@ namespace kgmp::internal {
 
 bool counters_on = true;
 bool ticks_use_tsc = false;
-double ticks_ns_per_tick = 1.0;
+std::uint64_t ticks_ns_mult = std::uint64_t{1} << 32;
 std::atomic<bool> tracing{false};
 
 // ---- KGMPDEBUG ----
@@ -111,7 +111,7 @@ void ticks_calibrate() {
     std::string cs;
     if (!(f >> cs) || cs != "tsc") {
       ticks_use_tsc = false;
-      ticks_ns_per_tick = 1.0;
+      ticks_ns_mult = std::uint64_t{1} << 32;
       return true;
     }
     std::int64_t n0 = nanotime();
@@ -122,7 +122,8 @@ void ticks_calibrate() {
     } while (n1 - n0 < 2000000);
     std::uint64_t t1 = __builtin_ia32_rdtsc();
     if (t1 <= t0) return true;
-    ticks_ns_per_tick = static_cast<double>(n1 - n0) / static_cast<double>(t1 - t0);
+    ticks_ns_mult = static_cast<std::uint64_t>(static_cast<double>(n1 - n0) /
+                                               static_cast<double>(t1 - t0) * 4294967296.0);
     ticks_use_tsc = true;
     return true;
   }();
@@ -183,7 +184,7 @@ void trace_event_slow(int pi, TraceEv ev, std::uint32_t m, std::uint64_t g, std:
     b->dropped.add();
     return;
   }
-  TraceEvent& e = b->ev[n];
+  TraceEvent& e = b->ev()[n];
   e.ts = nanotime();
   e.g = g;
   e.arg = arg;
@@ -263,7 +264,7 @@ absl::StatusOr<TraceDump> trace_session_stop() {
     // A writer that saw `tracing` on just before it went off may still add an event: its
     // buffer stays mapped (Recorder::maps), and it is simply not in this dump.
     std::uint32_t n = b->n.load(std::memory_order_acquire);
-    d.events.insert(d.events.end(), b->ev, b->ev + n);
+    d.events.insert(d.events.end(), b->ev(), b->ev() + n);
     d.dropped += b->dropped.load();
   }
   // By time; events of one P keep their order (each P's buffer is in order already).
