@@ -368,9 +368,13 @@ int main(int argc, char** argv) {
     fprintf(stderr, "kgmp-bench: --counters must be on, off or both\n");
     return 2;
   }
-  // KGMPDEBUG is read by every run(): the switch needs no restart.
+  // KGMPDEBUG is read by every run(): the switch needs no restart. The user's own settings
+  // (schedtrace=...) are kept, counters= appended (the last one wins).
+  const char* user_dbg = std::getenv("KGMPDEBUG");
+  const std::string dbg = user_dbg != nullptr && *user_dbg != '\0' ? std::string(user_dbg) + "," : "";
   auto run_with = [&](bool on) {
-    setenv("KGMPDEBUG", on ? "counters=1" : "counters=0", 1);
+    if (counters != "on" || !dbg.empty())
+      setenv("KGMPDEBUG", (dbg + (on ? "counters=1" : "counters=0")).c_str(), 1);
     return c->run(procs);
   };
   std::map<std::string, std::vector<double>> runs;

@@ -373,6 +373,7 @@ static bool become_watcher(M* m) {
 // runtime stops. Caller: m, P-less, on g0.
 static bool watch_for_p(M* m) {
   P* p = &sched->allp[m->watch_p];
+  m->tstate.store(MState::kWatcher, std::memory_order_relaxed);
   while (!sched->stopping.load(std::memory_order_acquire)) {
     std::int64_t e = earliest_timer();
     int timeout = -1;
