@@ -98,7 +98,10 @@ std::string RenderTop(const Value& snap, int pid, const std::string& comm) {
                         "idlethreads", "blockedthreads", "runqueue", "handoffs"})
     if (const Value* v = snap.find(k); v != nullptr && v->is_number())
       gauges.push_back(absl::StrCat(k, "=", v->as_int()));
-  absl::StrAppend(&out, absl::StrJoin(gauges, " "), "\n\n");
+  absl::StrAppend(&out, absl::StrJoin(gauges, " "), "\n");
+  if (snap.get_string("counters", "on") == "off")
+    out += "counters=off (KGMPDEBUG=counters=0): per-P rates, latency and busy time read 0\n";
+  out += "\n";
   absl::StrAppendFormat(&out, "%-4s %-3s %-4s %-8s %-9s %-8s %5s %8s %7s %9s %6s %6s %-7s\n",
                         "CORE", "P", "M", "TID", "STATE", "CURG", "RUNQ", "STEAL/s", "HOFF/s",
                         "P99LAT", "BUSY%", "BLKD%", "MONITOR");
@@ -352,9 +355,10 @@ std::optional<double> SumField(const Value& obj, std::string_view hist_field) {
 
 std::string RenderProm(const Value& snap) {
   PromWriter w;
-  w.Sample("kgmp_info", "gauge", "The kgmp process: its pid and monitor (the value is always 1).",
-           absl::StrFormat("pid=\"%d\",monitor=\"%s\"", snap.get_int("pid"),
-                           LabelValue(snap.get_string("monitor", "unknown"))),
+  w.Sample("kgmp_info", "gauge", "The kgmp process: its pid, monitor and whether per-P counters are on (always 1).",
+           absl::StrFormat("pid=\"%d\",monitor=\"%s\",counters=\"%s\"", snap.get_int("pid"),
+                           LabelValue(snap.get_string("monitor", "unknown")),
+                           LabelValue(snap.get_string("counters", "on"))),
            "1");
   Fields(w, snap, "kgmp_", kGlobal, std::size(kGlobal), "");
   if (const Value* procs = snap.find("procs"))
@@ -419,13 +423,14 @@ std::string RenderOneHist(const Value& hist, HistUnit unit, const std::string& t
       last = i;
       max = std::max(max, rows[i].count);
     }
-  absl::StrAppendFormat(&out, "%15s%-19s : count    distribution\n", "", name);
+  // runqlat's columns: the unit name over "low -> high", 24 wide, then count and a 40-wide bar.
+  absl::StrAppendFormat(&out, "%5s%-19s : count    distribution\n", "", name);
   constexpr int kBar = 40;
   for (size_t i = 0; i <= last; i++) {
     const RowT& r = rows[i];
     const int stars = static_cast<int>(r.count * kBar / max);
     std::string hi = r.open ? std::string("inf") : absl::StrCat(r.hi);
-    absl::StrAppendFormat(&out, "%20d -> %-20s : %-8d |%s%s|\n", r.lo, hi, r.count,
+    absl::StrAppendFormat(&out, "%10d -> %-10s : %-8d |%s%s|\n", r.lo, hi, r.count,
                           std::string(static_cast<size_t>(stars), '*'),
                           std::string(static_cast<size_t>(kBar - stars), ' '));
   }
