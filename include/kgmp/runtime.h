@@ -26,6 +26,7 @@
 //                                          on stderr every 1000 ms, kgmp's fields appended
 //   KGMPDEBUG=schedtrace=1000,scheddetail=1  plus Go's P, M and G lines
 //   KGMPDEBUG=counters=0                   per-P counters off (to measure what they cost)
+//   KGMPDEBUG=latsample=8                  time 1 G transition in 8 (Go's rate; default 32)
 //   KGMPDEBUG=stats=0                      no stats endpoint (the UNIX socket kgmpstat reads,
 //                                          <dir>/<pid>.sock, dir from KGMP_RUNTIME_DIR,
 //                                          XDG_RUNTIME_DIR/kgmp, /run/kgmp or /tmp/kgmp-<uid>)

@@ -30,7 +30,8 @@ struct ProcStats {
   std::uint64_t busy_ns = 0;  // time held by an M running Gs or scheduling (not spinning)
   std::uint64_t idle_ns = 0;  // time on the idle list
   std::uint64_t spin_ns = 0;  // time held by a spinning M looking for work
-  // Scheduling latency (runnable -> running) of one G transition in 8, in ns: bucket i counts
+  // Scheduling latency (runnable -> running) of one G transition in 32 (KGMPDEBUG=latsample),
+  // in ns: bucket i counts
   // latencies in [2^i, 2^(i+1)) (bucket 0 also 0, the last one everything above).
   std::array<std::uint64_t, 40> lat_hist{};
 };

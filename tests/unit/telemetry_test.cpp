@@ -80,8 +80,13 @@ TEST(Kgmpdebug, Parses) {
   EXPECT_FALSE(o->stats);
   EXPECT_TRUE(parse_kgmpdebug(nullptr).ok());
   EXPECT_TRUE(parse_kgmpdebug("").ok());
+  EXPECT_EQ(o->latsample, 32);
+  o = parse_kgmpdebug("latsample=8");
+  ASSERT_TRUE(o.ok());
+  EXPECT_EQ(o->latsample, 8);
   for (const char* bad : {"schedtrace", "schedtrace=x", "schedtrace=-1", "scheddetail=1",
-                          "counters=2", "gctrace=1", "schedtrace=10,,stats=yes"}) {
+                          "counters=2", "gctrace=1", "schedtrace=10,,stats=yes", "latsample=0",
+                          "latsample=12", "latsample=131072"}) {
     auto r = parse_kgmpdebug(bad);
     EXPECT_FALSE(r.ok()) << bad;
     if (!r.ok()) {
@@ -104,6 +109,7 @@ TEST(KgmpdebugDeathTest, BadValueExits2WithOneLine) {
 // One P, N Gs spawned by main, which then waits: exactly N spawns, N + 2 runs (main at start
 // and after its wait), N exits plus main's.
 TEST_F(Tel, ExactCountsOfAScriptedWorkload) {
+  setenv("KGMPDEBUG", "latsample=8", 1);  // Go's rate, for the sample count below
   constexpr int kN = 100;  // below the ring's 128-spawn overflow (no back-pressure yield)
   std::uint64_t created = 0, live = 0;
   kgmp::run(
@@ -138,6 +144,7 @@ TEST_F(Tel, ExactCountsOfAScriptedWorkload) {
 
 // Yields on one P: two Gs ping-ponging through yield, each yield one more run.
 TEST_F(Tel, YieldsCountRuns) {
+  setenv("KGMPDEBUG", "latsample=8", 1);
   constexpr int kYields = 1000;
   kgmp::run(
       [&] {
@@ -394,7 +401,7 @@ TEST_F(Tel, MetricsNamesKindsAndValues) {
     if (s.name == "/sched/latencies:seconds") {
       std::uint64_t n = 0;
       for (auto c : s.hist.counts) n += c;
-      EXPECT_GE(n, 40u);  // ~400 transitions, 1 in 8
+      EXPECT_GE(n, 10u);  // ~400 transitions, 1 in 32 by default
     }
   }
   std::vector<kgmp::metrics::Sample> ask(2);

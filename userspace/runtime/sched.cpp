@@ -160,7 +160,7 @@ static G* globrunq_get(P* p, int max) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock)
 // g becomes runnable: every kTrackPeriod-th time, stamp it so that execute() records its
 // scheduling latency (Go's gTrackingPeriod). Caller: whoever readies g, before queueing it.
 static inline void track_ready(G* g) {
-  if (counters_on && (++g->track_seq % kTrackPeriod) == 0) g->runnable_tick = ticks();
+  if (counters_on && (++g->track_seq & track_mask) == 0) g->runnable_tick = ticks();
 }
 
 // The trace recorder's g_stop for g leaving m with action a. Caller: m's G, in the runtime,
@@ -1175,8 +1175,8 @@ G* new_g(std::size_t size, std::size_t align, void (*call)(void*), void (*destro
   g->call = call;
   g->destroy = destroy;
   g->goid = next_goid(p);
-  // Go starts trackingSeq at a random value so that 1 in 8 new Gs is timed at its first
-  // transition too; consecutive goids do that deterministically.
+  // Go starts trackingSeq at a random value so that 1 in gTrackingPeriod new Gs is timed at
+  // its first transition too; consecutive goids do that deterministically.
   g->track_seq = static_cast<std::uint32_t>(g->goid);
   g->runnable_tick = 0;
   return g;
@@ -1459,6 +1459,7 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
     exit(2);
   }
   counters_on = dbg->counters;
+  track_mask = static_cast<std::uint32_t>(dbg->latsample - 1);
   ticks_calibrate();
   sched = new Sched();
   sched->start_ns = nanotime();

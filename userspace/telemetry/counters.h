@@ -12,9 +12,13 @@
 //     64-bit atomic); a snapshot of several counters is not consistent (Go's schedtrace has the
 //     same caveat), and a histogram's sum may lag its count by the bucket being written.
 //   - Cost on the hot path (a G readied or run): the scheduling-latency histogram is sampled
-//     on every kTrackPeriod-th transition of a G to runnable (Go's gTrackingPeriod = 8), and
-//     stamped with the TSC (Ticks, ~7 ns; CLOCK_MONOTONIC costs ~16 ns here) converted to ns
-//     once per sample. Busy/idle/spinning time is accounted only when the P changes state
+//     on every kTrackPeriod-th transition of a G to runnable, stamped with the TSC (~7 ns a
+//     read; CLOCK_MONOTONIC costs ~16 ns here) and converted to ns once per sample. Go
+//     samples 1 in 8 (gTrackingPeriod); here one sample costs ~30 ns (two TSC reads in a VM,
+//     the conversion, the bucket), which at 1 in 8 measured +3.4 to +5.5 % on chan-pingpong
+//     and +14 % on a 30 ns yield; 1 in 32 measured within +-1.6 % and +3 to +4 % (kgmp-bench
+//     --counters both, 21 interleaved reps). So the default is 32 and KGMPDEBUG=latsample=8
+//     gives Go's rate. Busy/idle/spinning time is accounted only when the P changes state
 //     (taken off or put on the idle list, spinning begins or ends): slow paths that already
 //     take a lock or a futex, so a nanotime() there is noise.
 //   - `counters_on` (KGMPDEBUG=counters=0 turns it off, to measure their cost) gates every
@@ -88,8 +92,10 @@ inline std::uint64_t ticks_to_ns(std::uint64_t t) {
 }
 void ticks_calibrate();  // idempotent; called by run() before any M starts
 
-// Go's gTrackingPeriod: one in this many transitions of a G to runnable is timed.
-inline constexpr std::uint32_t kTrackPeriod = 8;
+// Go's gTrackingPeriod: one in this many transitions of a G to runnable is timed (the
+// default; KGMPDEBUG=latsample=N sets it, a power of two; track_mask = N - 1).
+inline constexpr std::uint32_t kTrackPeriod = 32;
+extern std::uint32_t track_mask __attribute__((visibility("hidden")));
 
 // A P's state for the time accounting.
 enum class PState : std::uint8_t { kIdle = 0, kBusy = 1, kSpin = 2 };
@@ -106,7 +112,7 @@ struct PCounters {
   Counter handoffs_out;  // times it was taken from its blocked M (given; always counted)
   Counter handoffs_in;   // of those, times a new M took it and ran its Gs (received)
   Counter busy_ns, idle_ns, spin_ns;
-  Hist lat;              // runnable -> running, ns, sampled 1 in kTrackPeriod
+  Hist lat;              // runnable -> running, ns, sampled 1 in track_mask + 1
   // The current state and since when (nanotime); written by whoever moves the P between
   // states (ordered by the scheduler lock or the lease), read racily for the open interval.
   std::atomic<std::uint8_t> state{static_cast<std::uint8_t>(PState::kIdle)};

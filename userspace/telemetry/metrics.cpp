@@ -104,7 +104,7 @@ const std::vector<Entry>& table() {
           [](const Snapshot& s) { return s.threads; }),
       hist("/sched/latencies:seconds",
            "Distribution of the time goroutines spent runnable before running, sampled on one "
-           "transition in 8 (Go's gTrackingPeriod).",
+           "transition in 32 (KGMPDEBUG=latsample=N; Go samples 1 in 8).",
            [](const Snapshot& s, std::uint64_t* b) {
              for (int i = 0; i < kHistBuckets; i++) b[i] = s.lat_total[i];
            }),

@@ -214,7 +214,7 @@ std::string meta_resp() {
       {"busy_ns", "counter", "ns", "time held by a running M"},
       {"idle_ns", "counter", "ns", "time on the idle list"},
       {"spin_ns", "counter", "ns", "time held by a spinning M"},
-      {"lat_hist", "histogram", "ns", "runnable -> running latency, 1 in 8 sampled"},
+      {"lat_hist", "histogram", "ns", "runnable -> running latency, 1 in 32 sampled (KGMPDEBUG=latsample)"},
   });
   o.key("cores");
   meta_fields(o, "cpu", {

@@ -66,7 +66,8 @@
 // "runq_wait_ns" is the time Ms waited runnable in the kernel (schedstat's run_delay) and
 // "foreign_ns" the part of it another process's task ran. "handoffs_out" counts the times the
 // P was taken from its blocked M, "handoffs_in" those after which a new M ran it (the others
-// left it idle). "lat_hist" samples one transition in 8 (Go's gTrackingPeriod). With
+// left it idle). "lat_hist" samples one transition in 32 (KGMPDEBUG=latsample=N; Go's
+// gTrackingPeriod is 8). With
 // KGMPDEBUG=counters=0 every per-P counter reads 0 except schedticks (= runs), spawns, exits
 // and handoffs_out.
 // "interval_ns" of a connection's first answer is the uptime.

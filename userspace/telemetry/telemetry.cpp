@@ -57,13 +57,15 @@ bool counters_on = true;
 bool ticks_use_tsc = false;
 std::uint64_t ticks_ns_mult = std::uint64_t{1} << 32;
 std::atomic<bool> tracing{false};
+std::uint32_t track_mask = kTrackPeriod - 1;
 
 // ---- KGMPDEBUG ----
 
 absl::StatusOr<DebugOpts> parse_kgmpdebug(const char* env) {
   DebugOpts o;
   if (env == nullptr || *env == '\0') return o;
-  const char* kNames = "schedtrace=N (ms), scheddetail=1, counters=0|1, stats=0|1";
+  const char* kNames =
+      "schedtrace=N (ms), scheddetail=1, counters=0|1, stats=0|1, latsample=N (power of 2)";
   for (absl::string_view item : absl::StrSplit(env, ',', absl::SkipEmpty())) {
     std::size_t eq = item.find('=');
     if (eq == absl::string_view::npos)
@@ -81,6 +83,13 @@ absl::StatusOr<DebugOpts> parse_kgmpdebug(const char* env) {
             "milliseconds from 1 to 3600000 (0: off)",
             env, val));
       o.schedtrace_ms = v;
+    } else if (name == "latsample") {
+      if (!num || v < 1 || v > 65536 || (v & (v - 1)) != 0)
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "KGMPDEBUG=\"%s\": latsample=%s must be a power of two from 1 to 65536 (one G "
+            "transition in N is timed; default 32)",
+            env, val));
+      o.latsample = v;
     } else if (name == "scheddetail" || name == "counters" || name == "stats") {
       if (!num || (v != 0 && v != 1))
         return absl::InvalidArgumentError(absl::StrFormat(

@@ -19,11 +19,15 @@ namespace kgmp::internal {
 //   schedtrace=N    print Go's SCHED line to stderr every N ms (0: off)
 //   scheddetail=1   with schedtrace: Go's detailed form (P, M and G lines)
 //   counters=0      turn the per-P counters off (to measure their cost; kgmpstat sees zeros)
+//   latsample=N     time one G transition to runnable in N (a power of two, 1 to 65536;
+//                   default 32; Go's gTrackingPeriod is 8: counters.h says why) for the
+//                   scheduling-latency histogram
 //   stats=0         no stats endpoint (no socket, no thread)
 struct DebugOpts {
   int schedtrace_ms = 0;
   bool scheddetail = false;
   bool counters = true;
+  int latsample = 32;
   bool stats = true;
 };
 absl::StatusOr<DebugOpts> parse_kgmpdebug(const char* env);
