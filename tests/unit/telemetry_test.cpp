@@ -546,6 +546,38 @@ TEST_F(Tel, StatsEndpoint) {
   EXPECT_NE(stat(path.c_str(), &st), 0) << "the socket is unlinked when run() returns";
 }
 
+// Sockets left in the runtime directory (".sock" files).
+int sockets_in(const std::string& dir) {
+  std::string cmd = "ls '" + dir + "' 2>/dev/null | grep -c '\\.sock$'";
+  FILE* f = popen(cmd.c_str(), "r");
+  int n = -1;
+  if (f != nullptr) {
+    if (fscanf(f, "%d", &n) != 1) n = -1;
+    pclose(f);
+  }
+  return n;
+}
+
+// The fatal exits that skip run()'s end (the deadlock report's _exit, a channel panic, exit()
+// from a G) remove the socket too: only a kill by signal leaves a stale one.
+TEST_F(Tel, FatalExitsRemoveTheSocket) {
+  EXPECT_EXIT(kgmp::run([] {
+                kgmp::Chan<int> c(0);
+                c.recv();  // every G asleep: Go's deadlock report, exit status 2
+              }),
+              ::testing::ExitedWithCode(2), "all goroutines are asleep - deadlock!");
+  EXPECT_EQ(sockets_in(dir_), 0);
+  EXPECT_EXIT(kgmp::run([] {
+                kgmp::Chan<int> c(0);
+                c.close();
+                c.close();
+              }),
+              ::testing::ExitedWithCode(2), "panic: close of closed channel");
+  EXPECT_EQ(sockets_in(dir_), 0);
+  EXPECT_EXIT(kgmp::run([] { std::exit(3); }), ::testing::ExitedWithCode(3), "");
+  EXPECT_EQ(sockets_in(dir_), 0);
+}
+
 TEST_F(Tel, ClientLeavingMidAnswerDoesNotHurt) {
   std::string path = sock();
   kgmp::run(

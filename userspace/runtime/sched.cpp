@@ -96,6 +96,7 @@ void fatal(const char* fmt, ...) {
   fflush(stdout);
   ssize_t r = write(2, buf, static_cast<std::size_t>(n));
   (void)r;
+  telemetry_unlink_socket();
   abort();
 }
 
@@ -1100,6 +1101,7 @@ static void begin_stop();
           static_cast<unsigned long long>(g->goid), type ? " of type " : "", type ? type : "",
           what);
   fflush(stderr);
+  telemetry_unlink_socket();
   _exit(2);
 }
 
@@ -1306,6 +1308,7 @@ static void check_dead() ABSL_NO_THREAD_SAFETY_ANALYSIS {
            (g->waitreason != nullptr ? g->waitreason : "waiting") + "]:\n";
   ssize_t r = write(2, out.data(), out.size());
   (void)r;
+  telemetry_unlink_socket();
   _exit(2);
 }
 

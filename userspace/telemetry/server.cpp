@@ -38,6 +38,16 @@ namespace kgmp::internal {
 using telemetry::Json;
 using telemetry::JsonOut;
 
+namespace {
+// The live socket's path for telemetry_unlink_socket (written by start() and the destructor;
+// read by an exit path of any thread: a torn read at worst unlinks nothing).
+char g_sock_path[sizeof(sockaddr_un::sun_path)];
+}  // namespace
+
+void telemetry_unlink_socket() {
+  if (g_sock_path[0] != '\0') unlink(g_sock_path);
+}
+
 std::string stats_dir() {
   if (const char* d = std::getenv(telemetry::kRuntimeDirEnv); d != nullptr && *d != '\0')
     return d;
@@ -385,6 +395,9 @@ absl::StatusOr<std::unique_ptr<StatsServer>> StatsServer::start() {
   if (bind(s->listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
     return absl::UnavailableError(absl::StrFormat("bind %s: %s", s->path_, strerror(errno)));
   chmod(s->path_.c_str(), 0600);  // the directory (0700) already keeps others out meanwhile
+  std::memcpy(g_sock_path, s->path_.c_str(), s->path_.size() + 1);
+  static const bool registered = [] { return std::atexit(telemetry_unlink_socket) == 0; }();
+  (void)registered;
   if (listen(s->listen_fd_, 16) != 0) {
     unlink(s->path_.c_str());
     return absl::UnavailableError(absl::StrFormat("listen %s: %s", s->path_, strerror(errno)));
@@ -418,7 +431,10 @@ StatsServer::~StatsServer() {
     (void)r;
     pthread_join(thread_, nullptr);
   }
-  if (!path_.empty()) unlink(path_.c_str());
+  if (!path_.empty()) {
+    g_sock_path[0] = '\0';
+    unlink(path_.c_str());
+  }
   if (listen_fd_ >= 0) close(listen_fd_);
   if (stop_fd_ >= 0) close(stop_fd_);
 }

@@ -36,6 +36,12 @@ void telemetry_start(const DebugOpts& opts);
 void telemetry_stop();
 void telemetry_free();
 
+// Removes the stats endpoint's socket, if any: one unlink(2) on a static path, so it is
+// async-signal-safe. Called on the runtime's fatal exits (fatal(), the deadlock report,
+// panics: they _exit or abort without unwinding run()) and, through atexit, by exit(), so
+// that only a process killed by a signal leaves a stale socket behind.
+void telemetry_unlink_socket();
+
 // Go's schedtrace text (one line, or the detailed form with its P/M/G lines), with kgmp's
 // fields appended at the end. Caller: any thread while a runtime runs (racy reads, as Go's).
 std::string schedtrace_text(bool detailed);
