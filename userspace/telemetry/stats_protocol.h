@@ -6,8 +6,9 @@
 //   $KGMP_RUNTIME_DIR if set (tests), else $XDG_RUNTIME_DIR/kgmp if XDG_RUNTIME_DIR is set,
 //   else /run/kgmp for root, else /tmp/kgmp-<uid>.
 // The directory is created 0700 and the socket chmod'ed 0600 (owner only). The server creates
-// it at run() start (unless KGMPDEBUG=stats=0) and unlinks it at run() end; a stale socket
-// (its pid dead, or not answering) is what `kgmpstat list` reports as stale.
+// it at run() start (unless KGMPDEBUG=stats=0) and unlinks it at run() end, and on the
+// runtime's fatal exits and exit() too; a stale socket (its pid dead, or not answering: a
+// process killed by a signal) is what `kgmpstat list` reports as stale.
 //
 // Wire format: the scx_stats line protocol. The client writes one JSON object per line; the
 // server answers each with one JSON object on one line:
