@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -642,6 +643,76 @@ TEST_F(Tel, TraceRecorder) {
         close(fd);
       },
       procs(1));
+}
+
+// Two Ps with Gs that sleep, spawn and yield: per P, g_run/g_stop alternate for one G at a
+// time (after a possible g_stop of the G running when the trace began); per M, m_spin_start/
+// m_spin_end alternate and an m_busy only ever closes an m_idle.
+TEST_F(Tel, TraceEventsPairUp) {
+  const int np = std::min(2, kgmp_test::ncpus());
+  std::string path = sock();
+  kgmp::run(
+      [&] {
+        int fd = connect_to(path);
+        ASSERT_GE(fd, 0);
+        auto st = json_parse(ask(fd, R"({"req":"trace_start"})"));
+        ASSERT_TRUE(st.ok());
+        ASSERT_EQ(st->get("errno")->u64, 0u);
+        for (int round = 0; round < 20; round++) {
+          kgmp::WaitGroup wg;
+          wg.add(8);
+          for (int i = 0; i < 8; i++)
+            kgmp::go([&wg, i] {
+              if (i % 2) kgmp::sleep_for(std::chrono::microseconds(200));
+              kgmp::yield();
+              wg.done();
+            });
+          wg.wait();
+          kgmp::sleep_for(std::chrono::microseconds(300));
+        }
+        auto tr = json_parse(ask(fd, R"({"req":"trace_stop"})"));
+        ASSERT_TRUE(tr.ok());
+        const Json& r = resp(*tr);
+        std::map<std::uint64_t, std::uint64_t> running;  // P -> G running (0: none)
+        std::map<std::uint64_t, bool> seen_p;
+        std::map<std::int64_t, bool> spinning, idle;  // M -> state
+        int runs = 0, spins = 0, idles = 0;
+        for (const Json& e : r.get("events")->arr) {
+          const std::string& ev = e.get("ev")->s;
+          std::uint64_t p = e.get("p")->u64, g = e.get("g")->u64;
+          std::int64_t m = static_cast<std::int64_t>(e.get("m")->num);
+          if (ev == "g_run") {
+            EXPECT_EQ(running[p], 0u) << "P" << p << " runs G" << g << " while G" << running[p];
+            running[p] = g;
+            seen_p[p] = true;
+            runs++;
+          } else if (ev == "g_stop") {
+            if (seen_p[p]) EXPECT_EQ(running[p], g) << "P" << p;
+            running[p] = 0;
+            seen_p[p] = true;
+          } else if (ev == "m_spin_start") {
+            EXPECT_FALSE(spinning[m]) << "M" << m;
+            spinning[m] = true;
+            spins++;
+          } else if (ev == "m_spin_end") {
+            EXPECT_TRUE(spinning[m]) << "M" << m;
+            spinning[m] = false;
+          } else if (ev == "m_idle") {
+            EXPECT_FALSE(idle[m]) << "M" << m;
+            idle[m] = true;
+            idles++;
+          } else if (ev == "m_busy") {
+            EXPECT_TRUE(idle[m]) << "M" << m;
+            idle[m] = false;
+          }
+        }
+        EXPECT_GE(runs, 160);
+        if (np > 1) EXPECT_GT(idles, 0);
+        printf("trace: %zu events, %d g_run, %d spins, %d idles\n", r.get("events")->arr.size(),
+               runs, spins, idles);
+        close(fd);
+      },
+      procs(np));
 }
 
 }  // namespace

@@ -270,6 +270,10 @@ static void acquire_p(M* m, P* p) {
           std::memory_order_release);
   __atomic_store_n(&m->sh->p, static_cast<std::uint32_t>(p->id), __ATOMIC_RELAXED);  // read by BPF and telemetry
   owner_in(p, m);
+  if (m->tr_idle) {  // the trace recorder saw this M go idle: it is busy again
+    m->tr_idle = false;
+    trace_event(p->id, TraceEv::kMBusy, static_cast<std::uint32_t>(m->id), 0, 0);
+  }
 }
 
 static P* release_p(M* m) {
@@ -573,7 +577,7 @@ static void wake_p() {
 
 static void reset_spinning(M* m) {
   m->spinning = false;
-  if (m->p != nullptr) {
+  if (m->tstate.load(std::memory_order_relaxed) == MState::kSpinning && m->p != nullptr) {
     p_account(m->p->c, PState::kBusy);
     trace_event(m->p->id, TraceEv::kMSpinEnd, static_cast<std::uint32_t>(m->id), 0, 0);
   }
@@ -665,9 +669,9 @@ static G* find_runnable(M* m) {
         m->spinning = true;
         sched->nmspinning.fetch_add(1, std::memory_order_seq_cst);
       }
-      if (p->c.state.load(std::memory_order_relaxed) != static_cast<std::uint8_t>(PState::kSpin)) {
-        p_account(p->c, PState::kSpin);
+      if (m->tstate.load(std::memory_order_relaxed) != MState::kSpinning) {  // spin begins
         m->tstate.store(MState::kSpinning, std::memory_order_relaxed);
+        p_account(p->c, PState::kSpin);
         trace_event(p->id, TraceEv::kMSpinStart, static_cast<std::uint32_t>(m->id), 0, 0);
       }
       if (G* g = steal_work(m, p)) return g;
@@ -679,9 +683,14 @@ static G* find_runnable(M* m) {
       if (sched->runqsize.load(std::memory_order_relaxed) > 0) {
         if (G* g = globrunq_get(p, 0)) return g;
       }
+      // Spinning (if it was) and running end here; pidle_put accounts the P's time.
+      if (m->tstate.load(std::memory_order_relaxed) == MState::kSpinning) {
+        trace_event(p->id, TraceEv::kMSpinEnd, static_cast<std::uint32_t>(m->id), 0, 0);
+        m->tstate.store(MState::kRunning, std::memory_order_relaxed);
+      }
       if (__builtin_expect(tracing.load(std::memory_order_relaxed), 0)) {
-        if (m->spinning) trace_event_slow(p->id, TraceEv::kMSpinEnd, static_cast<std::uint32_t>(m->id), 0, 0);
         trace_event_slow(p->id, TraceEv::kMIdle, static_cast<std::uint32_t>(m->id), 0, 0);
+        m->tr_idle = true;  // acquire_p records the m_busy that closes it
       }
       pidle_put(release_p(m));
       if (sched->npidle.load(std::memory_order_relaxed) == sched->nprocs &&
@@ -712,8 +721,6 @@ static G* find_runnable(M* m) {
     }
     if (counters_on) p->c.parks.add();
     stop_m(m, earliest_timer());
-    if (m->p != nullptr)
-      trace_event(m->p->id, TraceEv::kMBusy, static_cast<std::uint32_t>(m->id), 0, 0);
     if (m->p == nullptr) return nullptr;  // woken to stop
   }
 }

@@ -147,6 +147,7 @@ struct M {
   int pool = 0;  // index of the idle-M list it belongs to (its P's id when pinned, else 0)
   int cpu = -1;  // pinned CPU, -1 if not pinned
   std::atomic<MState> tstate{MState::kRunning};  // written by the M itself, read by telemetry
+  bool tr_idle = false;  // the trace recorder has an m_idle of this M not yet closed by m_busy
   G g0;          // lo/hi: the thread's stack
   G* curg = nullptr;
   P* p = nullptr;
