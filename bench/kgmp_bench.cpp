@@ -36,6 +36,11 @@ ABSL_FLAG(std::string, monitor, "all", "handoff, idle: the monitor(s) to measure
 ABSL_FLAG(std::string, quiet, "hot", "handoff: the quiet period before each trial (hot, compute, idle)");
 ABSL_FLAG(int, trials, 0, "handoff: trials (0: 1000 for hot, 200 for compute and idle)");
 ABSL_FLAG(int, seconds, 10, "idle: how long the runtime sits with every goroutine blocked");
+ABSL_FLAG(std::string, counters, "on",
+          "the per-P telemetry counters: on, off (KGMPDEBUG=counters=0), or both: every "
+          "repetition runs the case with them on and off (alternating which goes first) and "
+          "the RESULT line gets <metric>_on, <metric>_off, <metric>_on_off (the ratio of the "
+          "medians) and <metric>_on_off_min (of the minima: the steadier one on a noisy machine)");
 
 namespace {
 
@@ -390,10 +395,34 @@ int main(int argc, char** argv) {
     fprintf(stderr, "kgmp-bench: %s\n", std::string(s.message()).c_str());
     return 2;
   }
+  std::string counters = absl::GetFlag(FLAGS_counters);
+  if (counters != "on" && counters != "off" && counters != "both") {
+    fprintf(stderr, "kgmp-bench: --counters must be on, off or both\n");
+    return 2;
+  }
+  // KGMPDEBUG is read by every run(): the switch needs no restart. The user's own settings
+  // (schedtrace=...) are kept, counters= appended (the last one wins).
+  const char* user_dbg = std::getenv("KGMPDEBUG");
+  const std::string dbg = user_dbg != nullptr && *user_dbg != '\0' ? std::string(user_dbg) + "," : "";
+  auto run_with = [&](bool on) {
+    if (counters != "on" || !dbg.empty())
+      setenv("KGMPDEBUG", (dbg + (on ? "counters=1" : "counters=0")).c_str(), 1);
+    return c->run(procs);
+  };
   std::map<std::string, std::vector<double>> runs;
   std::vector<std::string> order;
   for (int r = 0; r < reps; r++) {
-    Metrics m = c->run(procs);
+    Metrics m;
+    if (counters == "both") {
+      bool on_first = r % 2 == 0;
+      Metrics a = run_with(on_first), b = run_with(!on_first);
+      const Metrics& on = on_first ? a : b;
+      const Metrics& off = on_first ? b : a;
+      for (const auto& [k, v] : on) m[k + "_on"] = v;
+      for (const auto& [k, v] : off) m[k + "_off"] = v;
+    } else {
+      m = run_with(counters == "on");
+    }
     if (absl::GetFlag(FLAGS_verbose)) {
       auto st = kgmp::internal::last_run_stats();
       fprintf(stderr, "rep %d: Gs=%llu stacks=%zu (guarded %zu) threads=%zu\n", r,
@@ -417,6 +446,18 @@ int main(int argc, char** argv) {
     fields.push_back(absl::StrFormat("%s=%.3f %s_min=%.3f %s_max=%.3f", k, median(v), k,
                                      *std::min_element(v.begin(), v.end()), k,
                                      *std::max_element(v.begin(), v.end())));
+  }
+  if (counters == "both") {
+    for (const std::string& k : order) {
+      if (k.size() < 3 || k.compare(k.size() - 3, 3, "_on") != 0) continue;
+      std::string base = k.substr(0, k.size() - 3);
+      double off = median(runs[base + "_off"]);
+      double off_min = *std::min_element(runs[base + "_off"].begin(), runs[base + "_off"].end());
+      double on_min = *std::min_element(runs[k].begin(), runs[k].end());
+      if (off != 0 && off_min != 0)
+        fields.push_back(absl::StrFormat("%s_on_off=%.4f %s_on_off_min=%.4f", base,
+                                         median(runs[k]) / off, base, on_min / off_min));
+    }
   }
   printf("RESULT %s %s\n", c->name, absl::StrJoin(fields, " ").c_str());
   return 0;

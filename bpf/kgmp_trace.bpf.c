@@ -44,6 +44,19 @@
  *     Compare sequences, never expect blocks == wakes.
  *   - m.blocks counts every block of a registered M, whatever its lease (telemetry), not only
  *     the blocks that sent an event; hdr.events counts those.
+ *
+ * Per-core telemetry (issue 6; struct kgmp_cores in kgmp_trace.h, a second mmap-able array):
+ * at each switch of a registered M on CPU c, core c's entry counts the block (switch out,
+ * prev_state != 0) or the switch-in, and on a switch-in adds the time since the M became
+ * runnable (a wakeup, or a preemption / yield that left it runnable) to runq_wait_ns, to
+ * foreign_ns too when the task it replaces is another process's (not the idle task), to the
+ * wake-latency histogram when it was a wakeup, and block -> wakeup to the off-CPU histogram
+ * when the M held a P as it blocked. Only CPU c's own sched_switch writes core c's entry, so
+ * the counters are plain increments. The per-M timestamps live in kgmp_mbpf (BPF-private).
+ * Cost: the early-out now tests next->tgid as well as prev->tgid (one more load and compare on
+ * every switch of the machine); the rest runs only for this process's switches.
+ * Not counted: a new M's first wait (sched_wakeup_new is not attached), and wakeups of an M
+ * that had not switched out yet (its next switch-out overwrites the stamp).
  */
 #include "vmlinux.h"
 
@@ -91,6 +104,23 @@ struct {
 	__array(values, struct kgmp_ring);
 } kgmp_rings SEC(".maps");
 
+/* Per-core telemetry counters, mmap'd by the runtime (kgmp_trace.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct kgmp_cores);
+} kgmp_cores SEC(".maps");
+
+/* M slot -> its block and runnable timestamps (BPF only). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KGMP_MAX_MS);
+	__type(key, __u32);
+	__type(value, struct kgmp_m_bpf);
+} kgmp_mbpf SEC(".maps");
+
 #define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))
 #define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
 #define WRITE_ONCE_U64(x, v) (*(volatile __u64 *)&(x) = (v))
@@ -102,21 +132,105 @@ static __always_inline struct kgmp_shared *shared_mem(void)
 	return bpf_map_lookup_elem(&kgmp_shared, &zero);
 }
 
+static __always_inline struct kgmp_core_stats *this_core(void)
+{
+	struct kgmp_cores *cores;
+	__u32 zero = 0, cpu = bpf_get_smp_processor_id();
+
+	if (cpu >= KGMP_MAX_CPUS)
+		return 0;
+	cores = bpf_map_lookup_elem(&kgmp_cores, &zero);
+	if (!cores)
+		return 0;
+	return &cores->c[cpu];
+}
+
+/* Power-of-two bucket of v (stats_protocol.h): floor(log2(v)), 0 for 0, clamped. */
+static __always_inline __u32 hist_bucket(__u64 v)
+{
+	__u32 r = 0;
+
+	if (v >> 32) { v >>= 32; r += 32; }
+	if (v >> 16) { v >>= 16; r += 16; }
+	if (v >> 8) { v >>= 8; r += 8; }
+	if (v >> 4) { v >>= 4; r += 4; }
+	if (v >> 2) { v >>= 2; r += 2; }
+	if (v >> 1) r += 1;
+	return r < KGMP_HIST_BUCKETS ? r : KGMP_HIST_BUCKETS - 1;
+}
+
+/* A registered M is switched in on this CPU: the core's telemetry. */
+static __always_inline void m_switched_in(struct task_struct *prev, struct task_struct *next,
+					  __u64 now)
+{
+	struct kgmp_core_stats *cs;
+	struct kgmp_m_bpf *mb;
+	__u32 tid = next->pid, slot, b;
+	__u32 *slotp;
+	__u64 since, d;
+
+	slotp = bpf_map_lookup_elem(&kgmp_tids, &tid);
+	if (!slotp)
+		return;
+	slot = *slotp;
+	mb = bpf_map_lookup_elem(&kgmp_mbpf, &slot);
+	cs = this_core();
+	if (!mb || !cs)
+		return;
+	cs->ctx_switches++;
+	since = mb->runnable_ns;
+	if (since && now > since) {
+		d = now - since;
+		cs->runq_wait_ns += d;
+		if (prev->pid != 0 && prev->tgid != target_tgid)
+			cs->foreign_ns += d;
+		if (mb->woken) {
+			b = hist_bucket(d);
+			cs->wake_lat_hist[b]++;
+			if (mb->block_with_p && mb->block_ns && since > mb->block_ns) {
+				b = hist_bucket(since - mb->block_ns);
+				cs->offcpu_hist[b]++;
+			}
+		}
+	}
+	mb->runnable_ns = 0;
+	mb->woken = 0;
+	mb->block_with_p = 0;
+}
+
+static __always_inline int m_switched_out(bool preempt, struct task_struct *prev,
+					  unsigned int prev_state, __u64 now);
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(kgmp_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
+	__u32 tgid = target_tgid;
+	__u64 now;
+
+	/* Every context switch of the machine comes through here: two loads and compares. */
+	if (prev->tgid != tgid && next->tgid != tgid)
+		return 0;
+	now = bpf_ktime_get_ns();
+	if (prev->tgid == tgid)
+		m_switched_out(preempt, prev, prev_state, now);
+	if (next->tgid == tgid)
+		m_switched_in(prev, next, now);
+	return 0;
+}
+
+static __always_inline int m_switched_out(bool preempt, struct task_struct *prev,
+					  unsigned int prev_state, __u64 now)
+{
 	struct kgmp_block_event ev;
+	struct kgmp_core_stats *cs;
 	struct kgmp_m_shared *m;
+	struct kgmp_m_bpf *mb;
 	struct kgmp_shared *s;
 	__u32 tid, slot, p, nprocs;
 	__u32 *slotp;
-	__u64 lease, now;
+	__u64 lease;
 	void *ring;
-
-	/* Every context switch of the machine comes through here: one load and a compare. */
-	if (prev->tgid != target_tgid)
-		return 0;
 
 	s = shared_mem();
 	if (!s)
@@ -127,23 +241,37 @@ int BPF_PROG(kgmp_switch, bool preempt, struct task_struct *prev, struct task_st
 		__sync_fetch_and_add(&s->hdr.not_m, 1);
 		return 0;
 	}
-	/* Preempted, or its sleep was cancelled by a pending signal (the kernel passes
-	 * prev_state = TASK_RUNNING then): it stays runnable, this is not a block. */
-	if (preempt || prev_state == 0)
-		return 0;
 	slot = *slotp;
 	if (slot >= KGMP_MAX_MS)
 		return 0;
+	mb = bpf_map_lookup_elem(&kgmp_mbpf, &slot);
+	/* Preempted, or its sleep was cancelled by a pending signal (the kernel passes
+	 * prev_state = TASK_RUNNING then): it stays runnable, this is not a block. */
+	if (preempt || prev_state == 0) {
+		if (mb) {
+			mb->runnable_ns = now;
+			mb->woken = 0;
+		}
+		return 0;
+	}
 	m = &s->m[slot];
 
 	/* Telemetry: every block of a registered M, whatever its lease. Only this M's own switch
 	 * writes these two fields and it cannot be switched out on two CPUs at once, so plain
 	 * stores suffice; the timestamp is stored first (the runtime reads blocks, then the time). */
-	now = bpf_ktime_get_ns();
 	WRITE_ONCE_U64(m->last_block_ns, now);
 	WRITE_ONCE_U64(m->blocks, READ_ONCE_U64(m->blocks) + 1);
 
 	p = READ_ONCE_U32(m->p);
+	cs = this_core();
+	if (cs)
+		cs->m_blocks++;
+	if (mb) {
+		mb->block_ns = now;
+		mb->block_with_p = p != KGMP_NO_P;
+		mb->runnable_ns = 0;
+		mb->woken = 0;
+	}
 	nprocs = READ_ONCE_U32(s->hdr.nprocs);
 	if (p == KGMP_NO_P || p >= nprocs || p >= KGMP_MAX_PROCS)
 		return 0;
@@ -173,7 +301,9 @@ int BPF_PROG(kgmp_switch, bool preempt, struct task_struct *prev, struct task_st
 SEC("tp_btf/sched_wakeup")
 int BPF_PROG(kgmp_wakeup, struct task_struct *p)
 {
+	struct kgmp_m_bpf *mb;
 	struct kgmp_m_shared *m;
+	__u64 now;
 	struct kgmp_shared *s;
 	__u32 tid, slot;
 	__u32 *slotp;
@@ -193,7 +323,13 @@ int BPF_PROG(kgmp_wakeup, struct task_struct *p)
 	m = &s->m[slot];
 	/* sched_wakeup runs on the waker's CPU (or the wakee's, through the wake list): two
 	 * wakers may race, so the counter is atomic; the timestamp is last-writer-wins. */
-	WRITE_ONCE_U64(m->last_wake_ns, bpf_ktime_get_ns());
+	now = bpf_ktime_get_ns();
+	WRITE_ONCE_U64(m->last_wake_ns, now);
 	__sync_fetch_and_add(&m->wakes, 1);
+	mb = bpf_map_lookup_elem(&kgmp_mbpf, &slot);
+	if (mb) {
+		mb->runnable_ns = now;
+		mb->woken = 1;
+	}
 	return 0;
 }

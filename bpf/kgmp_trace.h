@@ -73,6 +73,43 @@ struct kgmp_shared {
   struct kgmp_m_shared m[KGMP_MAX_MS];
 };
 
+/* Per-core scheduling telemetry (issue 6), in a second BPF_F_MMAPABLE array with one value,
+ * `struct kgmp_cores`, indexed by CPU number. Every field of core c is written only by the
+ * sched_switch program running on CPU c (tracing programs do not nest on one CPU), so plain
+ * increments suffice; user space reads with relaxed loads (tear-free, not consistent).
+ *   m_blocks       registered Ms switched out blocked (prev_state != 0) on this core
+ *   ctx_switches   registered Ms switched in on this core (= schedstat's timeslices)
+ *   runq_wait_ns   time those Ms waited runnable before running (= schedstat's run_delay,
+ *                  except a new thread's first wait)
+ *   foreign_ns     the part of runq_wait_ns during which the core ran another process's task
+ *                  (attributed when the task switched out in favour of the M is foreign)
+ *   offcpu_hist    block -> wakeup of Ms that blocked while holding a P (ns, power-of-two
+ *                  buckets as stats_protocol.h: bucket i = [2^i, 2^(i+1)), bucket 0 also 0)
+ *   wake_lat_hist  wakeup -> running of Ms (ns, same buckets) */
+#define KGMP_MAX_CPUS 256
+#define KGMP_HIST_BUCKETS 40 /* = kgmp::telemetry::kHistBuckets */
+struct kgmp_core_stats {
+  __u64 m_blocks;
+  __u64 ctx_switches;
+  __u64 runq_wait_ns;
+  __u64 foreign_ns;
+  __u64 offcpu_hist[KGMP_HIST_BUCKETS];
+  __u64 wake_lat_hist[KGMP_HIST_BUCKETS];
+  __u64 pad[4]; /* 704 bytes: 11 cache lines, so cores never share one */
+};
+
+struct kgmp_cores {
+  struct kgmp_core_stats c[KGMP_MAX_CPUS];
+};
+
+/* BPF-private per-M state for the per-core telemetry (an array indexed by M slot). */
+struct kgmp_m_bpf {
+  __u64 block_ns;     /* when it last switched out blocked */
+  __u64 runnable_ns;  /* when it became runnable (woken or preempted), 0 while running */
+  __u32 block_with_p; /* that block happened while it held a P */
+  __u32 woken;        /* runnable_ns comes from a wakeup (not a preemption) */
+};
+
 /* Sent on P p's ring buffer when the M holding p blocks with work pending on p. */
 struct kgmp_block_event {
   __u32 m;      /* M slot */

@@ -21,6 +21,18 @@
 // that never started have their closure destroyed; those that did are not unwound. run() waits
 // for every M to reach a scheduling point, so a G that never yields delays it.
 //
+// Telemetry (Go's GODEBUG, named KGMPDEBUG; comma-separated name=value, read at each run()):
+//   KGMPDEBUG=schedtrace=1000              Go's "SCHED <ms>ms: gomaxprocs= idleprocs= ..." line
+//                                          on stderr every 1000 ms, kgmp's fields appended
+//   KGMPDEBUG=schedtrace=1000,scheddetail=1  plus Go's P, M and G lines
+//   KGMPDEBUG=counters=0                   per-P counters off (to measure what they cost)
+//   KGMPDEBUG=latsample=8                  time 1 G transition in 8 (Go's rate; default 32)
+//   KGMPDEBUG=stats=0                      no stats endpoint (the UNIX socket kgmpstat reads,
+//                                          <dir>/<pid>.sock, dir from KGMP_RUNTIME_DIR,
+//                                          XDG_RUNTIME_DIR/kgmp, /run/kgmp or /tmp/kgmp-<uid>)
+// A bad value is one line on stderr and exit status 2, as for KGMP_MAXPROCS. In-process
+// figures: kgmp/metrics.h (Go's runtime/metrics names) and kgmp/telemetry.h (per P).
+//
 // Thread-local storage: C++ `thread_local` variables belong to the M (OS thread), and a G may
 // move between Ms at every scheduling point (spawn, yield, a WaitGroup wait, ...). Never keep a
 // pointer to a thread_local across one, and never use thread_local for per-goroutine state: use

@@ -28,6 +28,8 @@ struct Monitor {
   virtual const char* name() const = 0;
   // The memory shared with BPF (the mmap'd map), or nullptr: the runtime allocates its own.
   virtual kgmp_shared* shared() { return nullptr; }
+  // The BPF per-core telemetry counters (kgmp_trace.h), or nullptr when the monitor has none.
+  virtual const kgmp_cores* cores() const { return nullptr; }
   // Starts the monitor's threads. Caller: run(), once the Ps and M0 exist.
   virtual void start() = 0;
   // Stops and joins them. Caller: run(), after the main G returned, before the Ms are joined.

@@ -48,6 +48,7 @@ class TraceMonitor final : public Monitor {
 
   const char* name() const override { return "trace"; }
   kgmp_shared* shared() override { return bpf_->shared(); }
+  const kgmp_cores* cores() const override { return bpf_->cores(); }
   void start() override { backstop_->start(); }
   void stop() override {
     for (auto& r : rings_) r->wake();

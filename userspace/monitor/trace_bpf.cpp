@@ -297,6 +297,22 @@ absl::Status TraceBpf::init(int nprocs) {
   std::atomic_ref<__u32>(shared_->hdr.nprocs).store(static_cast<__u32>(nprocs),
                                                     std::memory_order_release);
 
+  // The per-core telemetry counters (read-only here: only BPF writes them).
+  if (bpf_map__value_size(skel_->maps.kgmp_cores) != sizeof(kgmp_cores))
+    return absl::InternalError(absl::StrFormat(
+        "the BPF object's kgmp_cores value is %u bytes, kgmp_trace.h says %zu: rebuild",
+        bpf_map__value_size(skel_->maps.kgmp_cores), sizeof(kgmp_cores)));
+  cores_len_ = (sizeof(kgmp_cores) + page - 1) / page * page;
+  void* cmem = mmap(nullptr, cores_len_, PROT_READ, MAP_SHARED,
+                    bpf_map__fd(skel_->maps.kgmp_cores), 0);
+  if (cmem == MAP_FAILED) {
+    int err = errno;
+    cores_len_ = 0;
+    return absl::InternalError(
+        absl::StrFormat("cannot map the BPF map kgmp_cores: %s", errstr(err)));
+  }
+  cores_ = static_cast<kgmp_cores*>(cmem);
+
   // One ring per P.
   tids_fd_ = bpf_map__fd(skel_->maps.kgmp_tids);
   const int rings_fd = bpf_map__fd(skel_->maps.kgmp_rings);
@@ -348,6 +364,7 @@ TraceBpf::~TraceBpf() {
   // (a live Ring keeps its own reference to its ring).
   if (skel_ != nullptr) kgmp_trace__destroy(skel_);
   if (shared_ != nullptr) munmap(shared_, shared_len_);
+  if (cores_ != nullptr) munmap(cores_, cores_len_);
   for (int p = 0; p < nprocs_; p++)
     if (ring_fds_[p] >= 0) close(ring_fds_[p]);
 }

@@ -69,6 +69,8 @@ class TraceBpf {
   // The mmap'd map value, shared with BPF and valid until destruction. Use atomic_ref or
   // volatile accesses: the kernel reads and writes it concurrently.
   kgmp_shared* shared() { return shared_; }
+  // The per-core telemetry counters (kgmp_cores, mmap'd read-only), valid until destruction.
+  const kgmp_cores* cores() const { return cores_; }
   int nprocs() const { return nprocs_; }
 
   // kgmp_tids: tid -> M slot (slot < KGMP_MAX_MS). The runtime fills the slot's fields in
@@ -138,6 +140,8 @@ class TraceBpf {
   kgmp_trace* skel_ = nullptr;
   kgmp_shared* shared_ = nullptr;
   std::size_t shared_len_ = 0;
+  kgmp_cores* cores_ = nullptr;
+  std::size_t cores_len_ = 0;
   int nprocs_ = 0;
   int tids_fd_ = -1;
   int ring_fds_[KGMP_MAX_PROCS];

@@ -36,6 +36,7 @@
 #include "kgmp/chan.h"
 #include "futex.h"
 #include "sched.h"
+#include "telemetry_rt.h"
 
 namespace kgmp::internal {
 namespace {
@@ -130,6 +131,7 @@ namespace {
   fflush(stdout);
   fprintf(stderr, "panic: %s\n\ngoroutine %llu [running]\n", msg, id);
   fflush(stderr);
+  telemetry_unlink_socket();
   _exit(2);
 }
 

@@ -141,6 +141,8 @@ class RunQueue {
   }
   // Any M; racy. True if neither the ring nor runnext holds anything.
   bool empty() const { return size() == 0 && runnext_.load(std::memory_order_acquire) == nullptr; }
+  // Any M; racy. Whether runnext holds a G (telemetry).
+  bool has_next() const { return runnext_.load(std::memory_order_relaxed) != nullptr; }
 
  private:
   std::atomic<T*>& slot(std::uint32_t i) { return ring_[i % kSize]; }

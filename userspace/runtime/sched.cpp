@@ -61,6 +61,7 @@
 #include "sched.h"
 #include "signals.h"
 #include "stack.h"
+#include "telemetry_rt.h"
 
 namespace kgmp {
 namespace internal {
@@ -95,6 +96,7 @@ void fatal(const char* fmt, ...) {
   fflush(stdout);
   ssize_t r = write(2, buf, static_cast<std::size_t>(n));
   (void)r;
+  telemetry_unlink_socket();
   abort();
 }
 
@@ -150,8 +152,31 @@ static G* globrunq_get(P* p, int max) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock)
       sched->runqsize.fetch_sub(n, std::memory_order_relaxed) - n);
   G* g = globrunq_pop();
   for (int i = 1; i < n; i++) KGMP_CHECK(p->runq.put(globrunq_pop()));
-  p->c_globtakes.fetch_add(static_cast<std::uint64_t>(n), std::memory_order_relaxed);
+  if (counters_on) p->c.globtakes.add(static_cast<std::uint64_t>(n));
   return g;
+}
+
+// ---- telemetry hooks (userspace/telemetry/counters.h) ----
+
+// g becomes runnable: every kTrackPeriod-th time, stamp it so that execute() records its
+// scheduling latency (Go's gTrackingPeriod). Caller: whoever readies g, before queueing it.
+static inline void track_ready(G* g) {
+  if (counters_on && (++g->track_seq & track_mask) == 0) g->runnable_tick = ticks();
+}
+
+// The trace recorder's g_stop for g leaving m with action a. Caller: m's G, in the runtime,
+// with `tracing` seen on.
+static void trace_stop(M* m, G* g, After a) {
+  if (m->p == nullptr || g == nullptr) return;
+  StopReason r = StopReason::kYield;
+  switch (a) {
+    case After::kPark: r = StopReason::kPark; break;
+    case After::kExit: r = StopReason::kExit; break;
+    case After::kRequeue: r = StopReason::kLostP; break;
+    default: break;
+  }
+  trace_event_slow(m->p->id, TraceEv::kGStop, static_cast<std::uint32_t>(m->id), g->goid,
+                   static_cast<std::uint64_t>(r));
 }
 
 // ---- local run queue ----
@@ -198,6 +223,7 @@ static bool runq_put(P* p, G* g, bool next) {
 // ---- idle Ps and Ms (Sched::lock) ----
 
 static void pidle_put(P* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
+  p_account(p->c, PState::kIdle);
   p->idle.store(true, std::memory_order_relaxed);
   p->link = sched->pidle;
   sched->pidle = p;
@@ -216,6 +242,7 @@ static P* pidle_get(P* want) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
   p->link = nullptr;
   p->idle.store(false, std::memory_order_relaxed);
   sched->npidle.fetch_sub(1, std::memory_order_seq_cst);
+  p_account(p->c, PState::kBusy);
   return p;
 }
 
@@ -241,8 +268,12 @@ static void acquire_p(M* m, P* p) {
   LeaseWord w = l.load(std::memory_order_relaxed);
   l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, m->id, KGMP_LEASE_RUNTIME),
           std::memory_order_release);
-  m->sh->p = static_cast<std::uint32_t>(p->id);
+  __atomic_store_n(&m->sh->p, static_cast<std::uint32_t>(p->id), __ATOMIC_RELAXED);  // read by BPF and telemetry
   owner_in(p, m);
+  if (m->tr_idle) {  // the trace recorder saw this M go idle: it is busy again
+    m->tr_idle = false;
+    trace_event(p->id, TraceEv::kMBusy, static_cast<std::uint32_t>(m->id), 0, 0);
+  }
 }
 
 static P* release_p(M* m) {
@@ -257,7 +288,7 @@ static P* release_p(M* m) {
           std::memory_order_release);
   p->m = nullptr;
   m->p = nullptr;
-  m->sh->p = KGMP_NO_P;
+  __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
   return p;
 }
 
@@ -267,7 +298,7 @@ static void* m_start(void* arg);
 // Gives m its slot in the shared memory (and its entry in m_by_id). Caller: holds sched->lock.
 static void init_m_slot(M* m) {
   m->sh = m->id < KGMP_MAX_MS ? &sched->shared->m[m->id] : &m->own_sh;
-  m->sh->p = KGMP_NO_P;
+  __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
   m->sh->cpu = static_cast<std::uint32_t>(m->cpu);
   sched->m_by_id[static_cast<std::size_t>(m->id)].store(m, std::memory_order_release);
 }
@@ -282,6 +313,7 @@ static M* new_m_locked(P* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
   init_m_slot(m);
   m->rand = 0x9e3779b97f4a7c15ULL * static_cast<std::uint64_t>(m->id + 1);
   sched->allm.push_back(m);
+  sched->mcount.store(static_cast<int>(sched->allm.size()), std::memory_order_release);
   return m;
 }
 
@@ -346,6 +378,7 @@ static bool become_watcher(M* m) {
 // runtime stops. Caller: m, P-less, on g0.
 static bool watch_for_p(M* m) {
   P* p = &sched->allp[m->watch_p];
+  m->tstate.store(MState::kWatcher, std::memory_order_relaxed);
   while (!sched->stopping.load(std::memory_order_acquire)) {
     std::int64_t e = earliest_timer();
     int timeout = -1;
@@ -359,7 +392,10 @@ static bool watch_for_p(M* m) {
     bool got = false;
     if (r == 1) {
       got = handoff_p(p, lease);
-      if (got) p->m = nullptr;
+      if (got) {
+        p->m = nullptr;
+        if (counters_on) p->c.handoffs_in.add();
+      }
     } else if (r == 0) {  // a timer is due: run it if the P is idle
       LockGuard l(sched->lock);
       got = pidle_get(p) != nullptr;
@@ -367,6 +403,7 @@ static bool watch_for_p(M* m) {
     if (got) {
       acquire_p(m, p);
       m->watcher = false;
+      m->tstate.store(MState::kRunning, std::memory_order_relaxed);
       sched->watcher_missing[static_cast<std::size_t>(m->watch_p)].store(true, std::memory_order_release);
       m->watch_p = -1;
       sched->monitor->kick();  // the backstop refills the watcher if no M comes back soon
@@ -410,8 +447,13 @@ void start_watcher(int pi) {
 // idle (any idle P when not pinned), else parks again. Returns with m->p set, or without a P
 // once the runtime is stopping. Go's stopm, plus the timed sleep of findRunnable's netpoll.
 static void stop_m(M* m, std::int64_t until) {
+  __atomic_store_n(&m->sh->curg, 0, __ATOMIC_RELAXED);
   for (;;) {
-    if (become_watcher(m)) return;  // without a P: find_runnable returns, m_loop watches
+    if (become_watcher(m)) {  // without a P: find_runnable returns, m_loop watches
+      m->tstate.store(MState::kWatcher, std::memory_order_relaxed);
+      return;
+    }
+    m->tstate.store(MState::kIdle, std::memory_order_relaxed);
     {
       LockGuard l(sched->lock);
       if (sched->stopping.load(std::memory_order_relaxed)) return;
@@ -448,6 +490,7 @@ static void stop_m(M* m, std::int64_t until) {
       if (popped) m->park.sleep();
     }
     m->park.clear();
+    m->tstate.store(MState::kRunning, std::memory_order_relaxed);
     if (m->nextp != nullptr) {
       acquire_p(m, m->nextp);
       m->nextp = nullptr;
@@ -534,6 +577,11 @@ static void wake_p() {
 
 static void reset_spinning(M* m) {
   m->spinning = false;
+  if (m->tstate.load(std::memory_order_relaxed) == MState::kSpinning && m->p != nullptr) {
+    p_account(m->p->c, PState::kBusy);
+    trace_event(m->p->id, TraceEv::kMSpinEnd, static_cast<std::uint32_t>(m->id), 0, 0);
+  }
+  m->tstate.store(MState::kRunning, std::memory_order_relaxed);
   std::int32_t n = sched->nmspinning.fetch_sub(1, std::memory_order_seq_cst) - 1;
   if (n < 0) fatal("kgmp: internal error: nmspinning=%d < 0", n);
   wake_p();
@@ -568,8 +616,12 @@ static G* runq_steal(P* p, P* victim, bool steal_next) {
   if (n == 0) return nullptr;
   G* g = batch[--n];
   if (n > 0) p->runq.put_batch(batch, n);
-  p->c_steals.fetch_add(1, std::memory_order_relaxed);
-  p->c_stolen.fetch_add(n + 1, std::memory_order_relaxed);
+  if (counters_on) {
+    p->c.steals.add();
+    p->c.stolen.add(n + 1);
+  }
+  trace_event(p->id, TraceEv::kSteal, static_cast<std::uint32_t>(getm()->id), n + 1,
+              static_cast<std::uint64_t>(victim->id));
   return g;
 }
 
@@ -598,7 +650,7 @@ static G* steal_work(M* m, P* p) {
 // The non-blocking part of find_runnable: every 61st tick the global queue, then the local
 // queue, then the global queue. Caller: p's holder, on any stack.
 static G* runq_next_local(P* p) {
-  if (p->schedtick % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
+  if (p->c.schedticks.load() % 61 == 0 && sched->runqsize.load(std::memory_order_relaxed) > 0) {
     LockGuard l(sched->lock);
     if (G* g = globrunq_get(p, 1)) return g;
   }
@@ -628,6 +680,11 @@ static G* find_runnable(M* m) {
         m->spinning = true;
         sched->nmspinning.fetch_add(1, std::memory_order_seq_cst);
       }
+      if (m->tstate.load(std::memory_order_relaxed) != MState::kSpinning) {  // spin begins
+        m->tstate.store(MState::kSpinning, std::memory_order_relaxed);
+        p_account(p->c, PState::kSpin);
+        trace_event(p->id, TraceEv::kMSpinStart, static_cast<std::uint32_t>(m->id), 0, 0);
+      }
       if (G* g = steal_work(m, p)) return g;
     }
 
@@ -636,6 +693,15 @@ static G* find_runnable(M* m) {
       if (sched->stopping.load(std::memory_order_relaxed)) return nullptr;
       if (sched->runqsize.load(std::memory_order_relaxed) > 0) {
         if (G* g = globrunq_get(p, 0)) return g;
+      }
+      // Spinning (if it was) and running end here; pidle_put accounts the P's time.
+      if (m->tstate.load(std::memory_order_relaxed) == MState::kSpinning) {
+        trace_event(p->id, TraceEv::kMSpinEnd, static_cast<std::uint32_t>(m->id), 0, 0);
+        m->tstate.store(MState::kRunning, std::memory_order_relaxed);
+      }
+      if (__builtin_expect(tracing.load(std::memory_order_relaxed), 0)) {
+        trace_event_slow(p->id, TraceEv::kMIdle, static_cast<std::uint32_t>(m->id), 0, 0);
+        m->tr_idle = true;  // acquire_p records the m_busy that closes it
       }
       pidle_put(release_p(m));
       if (sched->npidle.load(std::memory_order_relaxed) == sched->nprocs &&
@@ -664,7 +730,7 @@ static G* find_runnable(M* m) {
         }
       }
     }
-    p->c_parks.fetch_add(1, std::memory_order_relaxed);
+    if (counters_on) p->c.parks.add();
     stop_m(m, earliest_timer());
     if (m->p == nullptr) return nullptr;  // woken to stop
   }
@@ -685,6 +751,7 @@ static void finish_switch(M* m) {
   switch (a) {
     case After::kYield:
       g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+      track_ready(g);
       runq_put(m->p, g, false);
       break;
     case After::kPark:
@@ -706,6 +773,7 @@ static void finish_switch(M* m) {
     case After::kYieldGlobal:
     case After::kRequeue:
       g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+      track_ready(g);
       {
         LockGuard l(sched->lock);
         globrunq_put_batch(g, g, 1);
@@ -748,11 +816,21 @@ static void switch_to(M* m, G* from, G* to) {
 // Starts running g on m (from g0 or from a G). Caller: m holding a P.
 static void execute(M* m, G* from, G* g) {
   P* p = m->p;
-  p->schedtick++;
-  p->c_schedticks.fetch_add(1, std::memory_order_relaxed);
-  p->c_runs.fetch_add(1, std::memory_order_relaxed);
+  p->c.schedticks.add();  // Go's schedtick (the 61st-tick fairness check reads it); runs = it
+  if (counters_on) {
+    if (g->runnable_tick != 0) {  // a sampled transition (track_ready)
+      std::uint64_t now = ticks();
+      p->c.lat.add(now > g->runnable_tick ? ticks_to_ns(now - g->runnable_tick) : 0);
+      g->runnable_tick = 0;
+    }
+  }
   g->status.store(GStatus::kRunning, std::memory_order_relaxed);
   m->curg = g;
+  __atomic_store_n(&m->sh->curg, g->goid, __ATOMIC_RELAXED);  // one plain store
+  if (__builtin_expect(tracing.load(std::memory_order_relaxed), 0)) {
+    trace_event_slow(p->id, TraceEv::kRunq, static_cast<std::uint32_t>(m->id), 0, p->runq.size());
+    trace_event_slow(p->id, TraceEv::kGRun, static_cast<std::uint32_t>(m->id), g->goid, 0);
+  }
   switch_to(m, from, g);
 }
 
@@ -789,6 +867,7 @@ static void m_loop(M* m) {
 static void leave_g(After a) {
   M* m = getm();
   G* gp = m->curg;
+  if (__builtin_expect(tracing.load(std::memory_order_relaxed), 0)) trace_stop(m, gp, a);
   m->after = a;
   m->after_g = gp;
   G* next = sched->stopping.load(std::memory_order_relaxed) ? nullptr : runq_next_local(m->p);
@@ -818,6 +897,7 @@ static inline bool lease_enter(M* m, P* p) {
 // Returns when the G is resumed, maybe on another M. Caller: the running G, in the runtime.
 static void switch_to_g0(M* m, After a) {
   G* g = m->curg;
+  if (__builtin_expect(tracing.load(std::memory_order_relaxed), 0)) trace_stop(m, g, a);
   m->after = a;
   m->after_g = g;
   m->curg = nullptr;
@@ -831,7 +911,7 @@ static void lost_p(M* m) {
   bool handed = m->p != nullptr;
   if (handed) {
     m->p = nullptr;  // the P's new holder already owns p->m
-    m->sh->p = KGMP_NO_P;
+    __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
   }
   P* q;
   {
@@ -879,7 +959,13 @@ bool handoff_p(P* p, LeaseWord observed) {
       p->rt_owner.load(std::memory_order_acquire) != -1)
     lease_violations.fetch_add(1, std::memory_order_relaxed);  // someone in RUNTIME under USER
   p->m = nullptr;  // the blocked M learns at its next runtime entry (its CAS fails)
-  p->c_handoffs.fetch_add(1, std::memory_order_relaxed);
+  p->c.handoffs_out.add();
+  if (__builtin_expect(tracing.load(std::memory_order_relaxed), 0)) {
+    M* taker = getm();
+    trace_event_slow(p->id, TraceEv::kHandoff,
+                     taker != nullptr ? static_cast<std::uint32_t>(taker->id) : kNoHolder, 0,
+                     KGMP_LEASE_HOLDER(observed));
+  }
   sched->nlostp.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
@@ -890,6 +976,7 @@ bool p_has_work(P* p) {
 
 void handoff_start(P* p) {
   if (p_has_work(p)) {
+    if (counters_on) p->c.handoffs_in.add();
     start_m(p, false);
     return;
   }
@@ -906,6 +993,7 @@ void entersyscall() {
   if (m == nullptr || m->curg == nullptr) return;
   __atomic_store_n(&m->sh->in_blocking, 1u, __ATOMIC_RELEASE);
   sched->nblocking.fetch_add(1, std::memory_order_seq_cst);
+  m->tstate.store(MState::kBlocked, std::memory_order_relaxed);
   if (!sched->monitor->eager_blocking()) {
     sched->monitor->enter_blocking(m);
     return;
@@ -914,6 +1002,7 @@ void entersyscall() {
   enter_runtime();
   m = getm();
   if (P* p = m->p) {
+    trace_event(p->id, TraceEv::kMBlock, static_cast<std::uint32_t>(m->id), m->curg->goid, 0);
     auto l = lease_ref(p);
     LeaseWord w = l.load(std::memory_order_relaxed);
     owner_out(p);
@@ -921,8 +1010,9 @@ void entersyscall() {
             std::memory_order_release);
     p->m = nullptr;
     m->p = nullptr;
-    m->sh->p = KGMP_NO_P;
-    p->c_handoffs.fetch_add(1, std::memory_order_relaxed);
+    __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
+    p->c.handoffs_out.add();
+    trace_event(p->id, TraceEv::kHandoff, kNoHolder, 0, static_cast<std::uint64_t>(m->id));
     handoff_start(p);
   }
   exit_runtime();
@@ -937,6 +1027,10 @@ void exitsyscall() {
   // detection never sees this G as neither blocked nor runnable.
   enter_runtime();
   sched->nblocking.fetch_sub(1, std::memory_order_seq_cst);
+  m = getm();
+  m->tstate.store(MState::kRunning, std::memory_order_relaxed);
+  if (m->p != nullptr)
+    trace_event(m->p->id, TraceEv::kMWake, static_cast<std::uint32_t>(m->id), m->curg->goid, 0);
   exit_runtime();
 }
 
@@ -957,7 +1051,7 @@ void gopark(void (*unlockf)(void*), void* arg, const char* reason) {
     if (p == nullptr || !lease_enter(m, p)) {
       if (p != nullptr) {  // handed off: nlostp drops once the G is parked (finish_switch)
         m->p = nullptr;
-        m->sh->p = KGMP_NO_P;
+        __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
         m->requeue_lost = true;
       }
       switch_to_g0(m, After::kPark);
@@ -973,6 +1067,7 @@ void goready(G* g, bool next) {
   KGMP_CHECK(g->status.load(std::memory_order_acquire) == GStatus::kWaiting);
   g->waitreason = nullptr;
   g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  track_ready(g);
   RuntimeScope rs;
   M* m = getm();
   if (m != nullptr && m->p != nullptr) {
@@ -1024,6 +1119,7 @@ static void begin_stop();
           static_cast<unsigned long long>(g->goid), type ? " of type " : "", type ? type : "",
           what);
   fflush(stderr);
+  telemetry_unlink_socket();
   _exit(2);
 }
 
@@ -1052,7 +1148,7 @@ static void g_entry(void* arg) {
   }
   enter_runtime();
   M* m = getm();
-  m->p->c_exits.fetch_add(1, std::memory_order_relaxed);
+  m->p->c.exits.add();
   if (g == sched->main_g) begin_stop();
   leave_g(After::kExit);
   __builtin_unreachable();
@@ -1099,6 +1195,10 @@ G* new_g(std::size_t size, std::size_t align, void (*call)(void*), void (*destro
   g->call = call;
   g->destroy = destroy;
   g->goid = next_goid(p);
+  // Go starts trackingSeq at a random value so that 1 in gTrackingPeriod new Gs is timed at
+  // its first transition too; consecutive goids do that deterministically.
+  g->track_seq = static_cast<std::uint32_t>(g->goid);
+  g->runnable_tick = 0;
   return g;
 }
 
@@ -1111,12 +1211,13 @@ void abandon_g(G* g) {
 
 void start_g(G* g) {
   g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
+  track_ready(g);
   struct Exit {
     ~Exit() { exit_runtime(); }
   } exit;  // the runtime entry new_g made
   M* m = getm();
   if (m != nullptr && m->p != nullptr && m->curg != nullptr) {
-    m->p->c_spawns.fetch_add(1, std::memory_order_relaxed);
+    m->p->c.spawns.add();
     bool spilled = runq_put(m->p, g, true);
     wake_p();
     // Spawn back-pressure (not in Go): a G that spawns faster than its P runs what it spawns
@@ -1164,7 +1265,7 @@ static void m_init_thread(M* m) {
   m->g0.goid = 0;
   san_fiber_current(&m->g0);
   m->altstack = install_altstack(&m->saved_altstack);
-  m->sh->tid = static_cast<std::uint32_t>(m->tid);
+  __atomic_store_n(&m->sh->tid, static_cast<std::uint32_t>(m->tid), __ATOMIC_RELEASE);
   sched->monitor->register_m(m);
 }
 
@@ -1225,6 +1326,7 @@ static void check_dead() ABSL_NO_THREAD_SAFETY_ANALYSIS {
            (g->waitreason != nullptr ? g->waitreason : "waiting") + "]:\n";
   ssize_t r = write(2, out.data(), out.size());
   (void)r;
+  telemetry_unlink_socket();
   _exit(2);
 }
 
@@ -1236,13 +1338,20 @@ static std::vector<ProcStats> snapshot_procs() {
     ProcStats s;
     s.id = p.id;
     s.cpu = sched->cfg.pin ? p.cpu : -1;
-    s.schedticks = p.c_schedticks.load(std::memory_order_relaxed);
-    s.runs = p.c_runs.load(std::memory_order_relaxed);
-    s.spawns = p.c_spawns.load(std::memory_order_relaxed);
-    s.steals = p.c_steals.load(std::memory_order_relaxed);
-    s.stolen = p.c_stolen.load(std::memory_order_relaxed);
-    s.globrunq_takes = p.c_globtakes.load(std::memory_order_relaxed);
-    s.parks = p.c_parks.load(std::memory_order_relaxed);
+    s.schedticks = p.c.schedticks.load();
+    s.runs = p.c.schedticks.load();
+    s.spawns = p.c.spawns.load();
+    s.steals = p.c.steals.load();
+    s.stolen = p.c.stolen.load();
+    s.globrunq_takes = p.c.globtakes.load();
+    s.parks = p.c.parks.load();
+    s.exits = p.c.exits.load();
+    s.handoffs_out = p.c.handoffs_out.load();
+    s.handoffs_in = p.c.handoffs_in.load();
+    s.busy_ns = p.c.busy_ns.load();
+    s.idle_ns = p.c.idle_ns.load();
+    s.spin_ns = p.c.spin_ns.load();
+    for (int b = 0; b < kHistBuckets; b++) s.lat_hist[static_cast<std::size_t>(b)] = p.c.lat.b[b].load();
     s.runq_len = const_cast<P&>(p).runq.size();
     v.push_back(s);
   }
@@ -1251,14 +1360,15 @@ static std::vector<ProcStats> snapshot_procs() {
 
 // After every M but M0 has exited: account for abandoned Gs and give all memory back.
 static void teardown(M* m0, G* main_g) {
+  telemetry_free();  // every M is joined: no trace event can be written any more
   RunStats st;
   for (int i = 0; i < sched->nprocs; i++) {
     P& p = sched->allp[i];
     if (p.ngfree > 0) pool.put_batch(p.gfree, p.ngfree);
     p.ngfree = 0;
-    st.spawned += p.c_spawns.load(std::memory_order_relaxed);
-    st.exited += p.c_exits.load(std::memory_order_relaxed);
-    st.handoffs += p.c_handoffs.load(std::memory_order_relaxed);
+    st.spawned += p.c.spawns.load();
+    st.exited += p.c.exits.load();
+    st.handoffs += p.c.handoffs_out.load();
   }
   st.lease_violations = lease_violations.exchange(0);
   st.spawned += 1 + sched->outside_spawns.load();  // the main G, and Gs from outside
@@ -1278,6 +1388,10 @@ static void teardown(M* m0, G* main_g) {
     allm = sched->allm;
   }
   st.threads = allm.size();
+  for (int i = 0; i < sched->nprocs; i++) {  // close each P's open busy/idle/spin interval
+    PCounters& c = sched->allp[i].c;
+    p_account(c, static_cast<PState>(c.state.load(std::memory_order_relaxed)));
+  }
   last_procs = snapshot_procs();
   last_stats = st;
   pool.destroy();
@@ -1359,7 +1473,17 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
     fflush(stderr);
     exit(2);
   }
+  absl::StatusOr<DebugOpts> dbg = parse_kgmpdebug(std::getenv("KGMPDEBUG"));
+  if (!dbg.ok()) {
+    fprintf(stderr, "kgmp: %s\n", std::string(dbg.status().message()).c_str());
+    fflush(stderr);
+    exit(2);
+  }
+  counters_on = dbg->counters;
+  track_mask = static_cast<std::uint32_t>(dbg->latsample - 1);
+  ticks_calibrate();
   sched = new Sched();
+  sched->start_ns = nanotime();
   sched->cfg = r->cfg;
   sched->nprocs = r->cfg.procs;
   sched->cpus = r->cpus;
@@ -1390,6 +1514,9 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
     p->sh = &sched->shared->p[i];
     p->sh->cpu = static_cast<std::uint32_t>(p->cpu);
     p->sh->lease = KGMP_LEASE_MAKE(0, kNoHolder, KGMP_LEASE_IDLE);
+    p->c.since.store(sched->start_ns, std::memory_order_relaxed);
+    p->c.state.store(static_cast<std::uint8_t>(i == 0 ? PState::kBusy : PState::kIdle),
+                     std::memory_order_relaxed);
   }
   pool.init(r->cfg.stack_size, guard_budget());
   install_signal_handlers();
@@ -1403,6 +1530,7 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
     init_m_slot(m0);
     sched->midle.assign(static_cast<std::size_t>(sched->cfg.pin ? sched->nprocs : 1), nullptr);
     sched->allm.push_back(m0);
+    sched->mcount.store(1, std::memory_order_release);
     for (int i = sched->nprocs - 1; i >= 1; i--) pidle_put(&sched->allp[i]);
   }
   m_init_thread(m0);
@@ -1413,11 +1541,13 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
   main_g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
   runq_put(m0->p, main_g, false);
   sched->monitor->start();
+  telemetry_start(*dbg);
   if (sched->monitor->has_watchers())
     for (int i = 0; i < sched->nprocs; i++) start_watcher(i);
 
   m_loop(m0);
 
+  telemetry_stop();  // its threads read the Ms and the shared memory: before they go
   sched->monitor->stop();
 
   if (m0->p != nullptr) release_p(m0);
@@ -1457,6 +1587,12 @@ std::size_t glocal_key() {
 }
 
 RunStats last_run_stats() { return last_stats; }
+
+void for_each_g_racy(void (*f)(void* ctx, const G* g), void* ctx) {
+  if (sched == nullptr) return;
+  f(ctx, sched->main_g);
+  pool.for_each_g([&](const G* g) { f(ctx, g); });
+}
 
 void set_lease_check_for_test(bool on) { lease_check.store(on); }
 

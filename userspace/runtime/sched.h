@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "counters.h"
 #include "futex.h"
 #include "kgmp_trace.h"
 #include "kgmp/runtime.h"
@@ -40,6 +41,7 @@ static_assert(sizeof(kgmp_hdr) == 128 && offsetof(kgmp_hdr, events) == 64);
 static_assert(sizeof(kgmp_p_shared) == 64 && offsetof(kgmp_p_shared, lease) == 0);
 static_assert(sizeof(kgmp_m_shared) == 64 && offsetof(kgmp_m_shared, in_blocking) == 12);
 static_assert(offsetof(kgmp_shared, p) == 128 && offsetof(kgmp_shared, m) % 64 == 0);
+static_assert(sizeof(kgmp_core_stats) % 64 == 0 && KGMP_HIST_BUCKETS == telemetry::kHistBuckets);
 
 struct M;
 struct P;
@@ -70,6 +72,11 @@ struct G {
   GLocals* locals = nullptr;
   const char* waitreason = nullptr;
   int rt_depth = 0;  // M::rt_depth while switched out (a G resumes at the depth it left with)
+  // Scheduling-latency sampling (counters.h): every kTrackPeriod-th transition to runnable
+  // stamps runnable_tick; execute() records and clears it. Written by whoever readies the G,
+  // then by the M that runs it (ordered by the run queue).
+  std::uint32_t track_seq = 0;
+  std::uint64_t runnable_tick = 0;
   // Sanitizer fiber state (unused otherwise).
   void* asan_fake_stack = nullptr;
   void* tsan_fiber = nullptr;
@@ -98,7 +105,6 @@ struct alignas(64) P {
   P* link = nullptr;  // idle list
   RunQueue<G> runq;
   TimerHeap timers;
-  std::uint32_t schedtick = 0;
   // Free Gs (each with its stack), hot first: Go's p.gFree. Refilled from / spilled to the
   // global pool in batches of kGCacheBatch.
   static constexpr int kGCacheMax = 64;
@@ -107,10 +113,9 @@ struct alignas(64) P {
   int ngfree = 0;
   // goid batch (Go's goidcache): ids [goid_next, goid_end).
   std::uint64_t goid_next = 0, goid_end = 0;
-  // Counters (kgmp/telemetry.h). Written by the holder only.
-  std::atomic<std::uint64_t> c_runs{0}, c_spawns{0}, c_steals{0}, c_stolen{0}, c_globtakes{0},
-      c_parks{0}, c_exits{0}, c_schedticks{0};
-  std::atomic<std::uint64_t> c_handoffs{0};  // times this P was taken from a blocked M
+  // Telemetry (userspace/telemetry/counters.h). Written by the holder only.
+  PCounters c;
+  std::atomic<TraceBuf*> tbuf{nullptr};  // the trace recorder's buffer for this P, if any
   std::atomic<int> rt_owner{-1};  // with the lease checker: the M inside the runtime on it
 };
 
@@ -118,6 +123,9 @@ struct alignas(64) P {
 using LeaseWord = __u64;  // the shared header's type (unsigned long long)
 inline std::atomic_ref<LeaseWord> lease_ref(P* p) { return std::atomic_ref<LeaseWord>(p->sh->lease); }
 inline constexpr std::uint32_t kNoHolder = 0xffff;
+
+// An M's state as telemetry shows it (stats "ms[].state", scheddetail's M lines).
+enum class MState : std::uint8_t { kRunning = 0, kSpinning, kIdle, kBlocked, kWatcher };
 
 // A G-sized stand-in for an M's native stack, so that one switch routine serves G<->G and
 // G<->g0.
@@ -138,6 +146,8 @@ struct M {
   pid_t tid = 0;
   int pool = 0;  // index of the idle-M list it belongs to (its P's id when pinned, else 0)
   int cpu = -1;  // pinned CPU, -1 if not pinned
+  std::atomic<MState> tstate{MState::kRunning};  // written by the M itself, read by telemetry
+  bool tr_idle = false;  // the trace recorder has an m_idle of this M not yet closed by m_busy
   G g0;          // lo/hi: the thread's stack
   G* curg = nullptr;
   P* p = nullptr;
@@ -174,6 +184,8 @@ struct Sched {
   std::vector<M*> midle ABSL_GUARDED_BY(lock);  // one list head per pool
   std::vector<M*> allm ABSL_GUARDED_BY(lock);
   std::atomic<bool> stopping{false};
+  std::atomic<int> mcount{0};  // Ms created (allm.size(), readable without the lock)
+  std::int64_t start_ns = 0;   // nanotime() at run() start
   std::atomic<std::uint64_t> goid_gen{2};  // the next goid to hand out (the main G is 1)
   G* main_g = nullptr;
   std::atomic<std::uint64_t> outside_spawns{0};  // Gs started from threads outside the runtime

@@ -17,6 +17,7 @@
 
 #include "export_test.h"
 #include "stack.h"
+#include "telemetry_rt.h"
 
 namespace kgmp::internal {
 namespace {
@@ -66,6 +67,7 @@ void on_fault(int sig, siginfo_t* si, void* uc) {
     auto a = reinterpret_cast<std::uintptr_t>(si->si_addr);
     if (a >= lo && a < hi) {
       report(g, si->si_addr);
+      telemetry_unlink_socket();
       signal(SIGABRT, SIG_DFL);
       abort();
     }
@@ -111,6 +113,7 @@ void remove_altstack(void* mem, const stack_t* restore) {
 
 void stack_overflow(const G* g, const void* fault) {
   report(g, fault);
+  telemetry_unlink_socket();
   signal(SIGABRT, SIG_DFL);
   abort();
 }

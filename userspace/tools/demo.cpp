@@ -1,27 +1,68 @@
-// kgmp-demo — the main job behind scripts/demo: a fork-join workload and a ring of
-// communicating Gs, then the per-P counters that show how the scheduler spread the work.
+// kgmp-demo — the main job behind scripts/demo: a few seconds of a mixed workload, watched from
+// inside (schedtrace, kgmp::metrics) and from outside (kgmpstat trace against this very
+// process), then the hand-off summary and where the trace file is.
+//
+// The workload mixes the three things a G/M/P scheduler must juggle:
+//   - CPU-bound Gs: fork-join fib, one G per call above a cutoff, over and over;
+//   - Gs blocking in real syscalls: read() on pipes (unwrapped: only the kernel can tell the
+//     scheduler, through the trace monitor's BPF; under the poll monitor they are marked too),
+//     the same through kgmp::blocking() (marked: the P is handed off at once, and the trace
+//     records the block), and bare nanosleep() calls;
+//   - channel traffic: a producer, a pool of workers and a collector over buffered channels.
+// With KGMPDEBUG=schedtrace=1000 the runtime prints Go's schedtrace line every second.
+//
+// The trace: a helper OS thread (not a G: it waits in waitpid) starts `kgmpstat trace <our pid>`
+// after a warm-up; kgmpstat reads our stats endpoint like any outside reader, writes Chrome
+// trace-event JSON and prints the block -> hand-off latencies it matched. Without root the
+// runtime uses the poll monitor; the demo says so, and everything else works the same.
+#include <spawn.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "kgmp/kgmp.h"
+#include "kgmp/metrics.h"
+
+extern char** environ;
 
 ABSL_FLAG(int, procs, 0, "number of Ps (0: every CPU of the affinity mask; KGMP_MAXPROCS overrides)");
-ABSL_FLAG(int, fib, 34, "fork-join fib(N), one G per call while n > 20");
-ABSL_FLAG(int, ring, 10000, "Gs in the token ring");
-ABSL_FLAG(int, laps, 20, "laps of the token around the ring");
+ABSL_FLAG(double, seconds, 8, "how long the workload runs");
+ABSL_FLAG(double, trace_after, 2, "start the trace this many seconds in (0: no trace)");
+ABSL_FLAG(double, trace_seconds, 1, "how long the trace records");
+ABSL_FLAG(std::string, trace, "", "the trace file (default: $TMPDIR or /tmp, kgmp-demo-<pid>.json)");
+ABSL_FLAG(std::string, kgmpstat, "", "the kgmpstat binary (default: beside kgmp-demo, then $PATH)");
 
 namespace {
 
+std::atomic<bool> stop{false};
+// Under the poll monitor nothing tells the scheduler that an unwrapped syscall blocked, so an M
+// blocked in one keeps its P (Go's rule too: only marked syscalls are retaken). With every P
+// held that way the program would stall; in poll mode the demo marks every syscall instead.
+bool mark_all = false;
+
+template <class F>
+auto Syscall(bool marked, F&& f) {
+  return marked || mark_all ? kgmp::blocking(std::forward<F>(f)) : f();
+}
+
 long sfib(int n) { return n < 2 ? n : sfib(n - 1) + sfib(n - 2); }
 long pfib(int n) {
-  if (n <= 20) return sfib(n);
+  if (n <= 18) return sfib(n);
   long a = 0;
   kgmp::WaitGroup wg;
   wg.add(1);
@@ -34,38 +75,118 @@ long pfib(int n) {
   return a + b;
 }
 
-// A token ring: G i waits for G i-1's signal and then signals G i+1, lap after lap. Each
-// signal is a WaitGroup (one per G and lap), so every hop is a park and a ready.
-long ring(int n, int laps) {
-  std::vector<std::unique_ptr<kgmp::WaitGroup[]>> sig;
-  for (int l = 0; l < laps; l++) {
-    sig.emplace_back(new kgmp::WaitGroup[n + 1]);
-    for (int i = 0; i <= n; i++) sig[l][i].add(1);
-  }
-  std::atomic<long> hops{0};
-  kgmp::WaitGroup all;
-  all.add(n);
-  for (int i = 0; i < n; i++)
-    kgmp::go([&, i] {
-      for (int l = 0; l < laps; l++) {
-        sig[l][i].wait();
-        hops.fetch_add(1, std::memory_order_relaxed);
-        sig[l][i + 1].done();
-        if (i == n - 1 && l + 1 < laps) sig[l + 1][0].done();  // the token goes round again
-      }
-      all.done();
+// A reader blocked in read() on a pipe, and a writer that sleeps in nanosleep() between bytes.
+// `marked`: the read goes through kgmp::blocking() (the runtime hands the P off at once).
+void pipe_pair(kgmp::WaitGroup& wg, bool marked, long gap_us) {
+  int fds[2];
+  if (pipe(fds) != 0) return;
+  wg.add(2);
+  kgmp::go([&wg, rd = fds[0], marked] {
+    char c = 0;
+    for (;;) {
+      ssize_t n = Syscall(marked, [&] { return read(rd, &c, 1); });
+      if (n != 1 || c == 'q') break;
+    }
+    close(rd);
+    wg.done();
+  });
+  kgmp::go([&wg, wr = fds[1], gap_us] {
+    timespec ts{0, gap_us * 1000};
+    while (!stop.load(std::memory_order_relaxed)) {
+      Syscall(false, [&] { return nanosleep(&ts, nullptr); });
+      if (write(wr, "x", 1) != 1) break;
+    }
+    if (write(wr, "q", 1) != 1) std::perror("kgmp-demo: write");
+    close(wr);
+    wg.done();
+  });
+}
+
+// producer -> jobs -> workers -> results -> collector.
+void channels(kgmp::WaitGroup& wg, std::atomic<long>& items) {
+  auto jobs = std::make_shared<kgmp::Chan<int>>(64);
+  auto results = std::make_shared<kgmp::Chan<long>>(64);
+  constexpr int kWorkers = 8;
+  auto left = std::make_shared<std::atomic<int>>(kWorkers);
+  wg.add(2 + kWorkers);
+  kgmp::go([&wg, jobs] {
+    for (int i = 0; !stop.load(std::memory_order_relaxed); i++) jobs->send(i % 20);
+    jobs->close();
+    wg.done();
+  });
+  for (int w = 0; w < kWorkers; w++)
+    kgmp::go([&wg, jobs, results, left] {
+      while (std::optional<int> n = jobs->recv()) results->send(sfib(*n));
+      if (left->fetch_sub(1) == 1) results->close();
+      wg.done();
     });
-  sig[0][0].done();
-  all.wait();
-  return hops.load();
+  kgmp::go([&wg, results, &items] {
+    while (results->recv()) items.fetch_add(1, std::memory_order_relaxed);
+    wg.done();
+  });
+}
+
+std::string FindKgmpstat() {
+  if (std::string f = absl::GetFlag(FLAGS_kgmpstat); !f.empty()) return f;
+  char self[4096];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    std::string dir(self, static_cast<size_t>(n));
+    dir = dir.substr(0, dir.rfind('/'));
+    for (const std::string& c : {dir + "/kgmpstat/kgmpstat", dir + "/kgmpstat"})
+      if (access(c.c_str(), X_OK) == 0) return c;
+  }
+  return "kgmpstat";  // posix_spawnp searches $PATH
+}
+
+// Runs `kgmpstat trace` against this process; its stdout (the hand-off summary) or an error.
+std::string TraceSelf(const std::string& out, double seconds) {
+  const std::string bin = FindKgmpstat();
+  std::vector<std::string> args = {bin, "trace", absl::StrCat(getpid()),
+                                   absl::StrFormat("--seconds=%g", seconds), "-o", out};
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  int p[2];
+  if (pipe(p) != 0) return "kgmp-demo: pipe failed\n";
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, p[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, p[1], 2);
+  posix_spawn_file_actions_addclose(&fa, p[0]);
+  pid_t pid;
+  int rc = posix_spawnp(&pid, bin.c_str(), &fa, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(p[1]);
+  if (rc != 0) {
+    close(p[0]);
+    return absl::StrFormat("kgmp-demo: cannot run %s (build it: cmake --build --preset release "
+                           "--target kgmpstat, or pass --kgmpstat)\n", bin);
+  }
+  std::string text;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(p[0], buf, sizeof buf)) > 0) text.append(buf, static_cast<size_t>(n));
+  close(p[0]);
+  int st = 0;
+  waitpid(pid, &st, 0);
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) text = "kgmpstat trace failed: " + text;
+  return text;
+}
+
+std::uint64_t Metric(const char* name) {
+  for (const kgmp::metrics::Sample& s : kgmp::metrics::read())
+    if (s.name == name) return s.u64;
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
-      "kgmp-demo [--procs N] [--fib N] [--ring N] [--laps N]: a fork-join workload and a ring "
-      "of communicating goroutines, then the per-P scheduler counters");
+      "kgmp-demo [--seconds S] [--trace FILE]: a mixed workload (CPU-bound, syscall-blocking "
+      "and channel goroutines), a trace of it taken by kgmpstat, and the hand-off summary. "
+      "Run with KGMPDEBUG=schedtrace=1000 for Go's schedtrace lines.");
   absl::ParseCommandLine(argc, argv);
   kgmp::Config cfg;
   cfg.procs = absl::GetFlag(FLAGS_procs);
@@ -73,26 +194,96 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "kgmp-demo: %s\n", std::string(s.message()).c_str());
     return 2;
   }
-  const int fib_n = absl::GetFlag(FLAGS_fib), ring_n = absl::GetFlag(FLAGS_ring),
-            laps = absl::GetFlag(FLAGS_laps);
-  if (fib_n < 1 || fib_n > 45 || ring_n < 1 || laps < 1) {
-    std::fprintf(stderr, "kgmp-demo: --fib must be 1..45, --ring and --laps at least 1\n");
+  const double seconds = absl::GetFlag(FLAGS_seconds);
+  const double trace_after = absl::GetFlag(FLAGS_trace_after);
+  const double trace_seconds = absl::GetFlag(FLAGS_trace_seconds);
+  if (!(seconds > 0 && seconds <= 600) || trace_after < 0 || !(trace_seconds > 0)) {
+    std::fprintf(stderr, "kgmp-demo: --seconds must be in (0, 600], --trace_after >= 0, "
+                         "--trace_seconds > 0\n");
     return 2;
   }
+  std::string trace_file = absl::GetFlag(FLAGS_trace);
+  if (trace_file.empty()) {
+    const char* tmp = std::getenv("TMPDIR");
+    trace_file = absl::StrFormat("%s/kgmp-demo-%d.json", tmp != nullptr && *tmp ? tmp : "/tmp",
+                                 getpid());
+  }
+  const bool tracing = trace_after > 0 && trace_after + trace_seconds < seconds;
+
+  std::string monitor, trace_text;
+  std::atomic<long> items{0}, fibs{0};
+  std::uint64_t handoffs = 0, blocks = 0;
+  absl::Duration ran;
   kgmp::run(
       [&] {
-        std::printf("kgmp-demo: %d processors\n", kgmp::procs());
-        absl::Time t0 = absl::Now();
-        long f = pfib(fib_n);
-        std::printf("fork-join: fib(%d) = %ld in %.1f ms\n", fib_n, f,
-                    absl::ToDoubleMilliseconds(absl::Now() - t0));
-        t0 = absl::Now();
-        long hops = ring(ring_n, laps);
-        double ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
-        std::printf("token ring: %d goroutines, %d laps, %ld hops in %.1f ms (%.0f ns per hop)\n",
-                    ring_n, laps, hops, ms, ms * 1e6 / static_cast<double>(hops));
+        monitor = kgmp::monitor();
+        std::printf("kgmp-demo: pid %d, %d processors, monitor=%s, %.0f s of CPU-bound, "
+                    "syscall-blocking and channel goroutines\n",
+                    static_cast<int>(getpid()), kgmp::procs(), monitor.c_str(), seconds);
+        if (monitor == "poll") {
+          mark_all = true;
+          std::printf("kgmp-demo: the poll monitor (no BPF: not root, or the kernel refused). "
+                      "Only syscalls marked with kgmp::blocking() can be handed off under it (a "
+                      "P whose M blocks unmarked stays stuck), so the demo marks all of them; "
+                      "run as root to see unmarked ones handed off by the kernel's report\n");
+        }
+        std::fflush(stdout);
+        const absl::Time t0 = absl::Now();
+        kgmp::WaitGroup wg;
+        wg.add(2);
+        for (int i = 0; i < 2; i++)
+          kgmp::go([&] {
+            while (!stop.load(std::memory_order_relaxed)) {
+              pfib(24);
+              fibs.fetch_add(1, std::memory_order_relaxed);
+            }
+            wg.done();
+          });
+        pipe_pair(wg, /*marked=*/false, 500);
+        pipe_pair(wg, /*marked=*/false, 2000);
+        pipe_pair(wg, /*marked=*/true, 1000);
+        wg.add(1);
+        kgmp::go([&] {  // a bare nanosleep(): the M itself sleeps in the kernel
+          timespec ts{0, 3000000};
+          while (!stop.load(std::memory_order_relaxed))
+            Syscall(false, [&] { return nanosleep(&ts, nullptr); });
+          wg.done();
+        });
+        channels(wg, items);
+        std::thread tracer;
+        if (tracing)
+          tracer = std::thread([&] {
+            absl::SleepFor(absl::Seconds(trace_after));
+            trace_text = TraceSelf(trace_file, trace_seconds);
+          });
+        kgmp::sleep_for(std::chrono::milliseconds(static_cast<long>(seconds * 1000)));
+        if (tracer.joinable()) {
+          // Wait for kgmpstat on an OS thread of its own, so no P is held meanwhile.
+          kgmp::blocking([&] { tracer.join(); });
+        }
+        handoffs = Metric("/sched/handoffs:events");
+        blocks = Metric("/sched/workers/blocks:events");
+        stop.store(true);
+        wg.wait();
+        ran = absl::Now() - t0;
       },
       cfg);
+
+  std::printf("\n== kgmp-demo summary (%.1f s) ==\n", absl::ToDoubleSeconds(ran));
+  std::printf("work: %ld fib(24) fork-joins, %ld channel items\n", fibs.load(), items.load());
+  std::printf("monitor: %s%s\n", monitor.c_str(),
+              monitor == "poll" ? " (no BPF: hand-offs happen after a polling period)" : "");
+  std::printf("hand-offs (whole run, /sched/handoffs:events): %llu; M blocks seen by BPF: %llu\n",
+              static_cast<unsigned long long>(handoffs), static_cast<unsigned long long>(blocks));
+  if (tracing) {
+    std::printf("trace of %.1f s (kgmpstat trace %d --seconds=%g):\n", trace_seconds,
+                static_cast<int>(getpid()), trace_seconds);
+    for (absl::string_view line : absl::StrSplit(trace_text, '\n', absl::SkipEmpty()))
+      std::printf("  %.*s\n", static_cast<int>(line.size()), line.data());
+    std::printf("  (latencies: hand-offs whose block the trace recorded, i.e. kgmp::blocking() "
+                "calls; blocks only the kernel saw are counted above, not yet traced)\n");
+    std::printf("trace file: %s\n", trace_file.c_str());
+  }
   std::printf("\nper-P counters (Gs run = G executions, steals = successful steals):\n");
   std::printf("%-3s %-4s %12s %12s %10s %10s %10s %8s\n", "P", "cpu", "schedticks", "Gs run",
               "spawns", "steals", "stolen", "parks");
