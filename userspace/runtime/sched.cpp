@@ -608,9 +608,9 @@ static G* runq_steal(P* p, P* victim, bool steal_next) {
     // (chan-throughput 11-16 M msgs/s on 2 Ps; 37-39 M with this check; 41 M on one P).
     n = victim->runq.grab(batch, true, [victim] {
       if (victim->idle.load(std::memory_order_relaxed)) return true;
-      std::uint64_t tick = victim->c_schedticks.load(std::memory_order_relaxed);
+      std::uint64_t tick = victim->c.schedticks.load();
       usleep(3);
-      return victim->c_schedticks.load(std::memory_order_relaxed) == tick;
+      return victim->c.schedticks.load() == tick;
     });
   }
   if (n == 0) return nullptr;
