@@ -162,7 +162,8 @@ TEST_F(TelBpf, PerCoreCountersMatchSchedstat) {
 // plus a stray page fault or two).
 TEST_F(TelBpf, HandoffsOfAScriptedBlockingPattern) {
   REQUIRE_TRACE();
-  std::uint64_t marked = 0, unmarked = 0, metric = 0;
+  std::uint64_t marked = 0, unmarked = 0, metric = 0, lat_marked = 0, lat_unmarked = 0;
+  double lat_max_s = 0;
   kgmp::run(
       [&] {
         std::atomic<bool> stop{false};
@@ -178,10 +179,24 @@ TEST_F(TelBpf, HandoffsOfAScriptedBlockingPattern) {
           for (const auto& p : kgmp::internal::take_snapshot().procs) n += p.handoffs_out;
           return n;
         };
+        // Hand-offs with a kernel-reported block: counted in /sched/handoffs/latencies.
+        auto reported = [&lat_max_s] {
+          std::uint64_t n = 0;
+          for (const auto& s : kgmp::metrics::read())
+            if (s.name == "/sched/handoffs/latencies:seconds")
+              for (std::size_t i = 0; i < s.hist.counts.size(); i++) {
+                n += s.hist.counts[i];
+                if (s.hist.counts[i] != 0) lat_max_s = s.hist.buckets[i];  // lower bound
+              }
+          return n;
+        };
+        std::uint64_t r0 = reported();
         std::uint64_t h0 = handoffs();
         for (int i = 0; i < 3; i++) kgmp::blocking([] { usleep(10000); });
         std::uint64_t h1 = handoffs();
         marked = h1 - h0;
+        std::uint64_t r1 = reported();
+        lat_marked = r1 - r0;
         int fds[2];
         ASSERT_EQ(pipe(fds), 0);
         for (int i = 0; i < 3; i++) {
@@ -199,6 +214,7 @@ TEST_F(TelBpf, HandoffsOfAScriptedBlockingPattern) {
         close(fds[0]);
         close(fds[1]);
         unmarked = handoffs() - h1;
+        lat_unmarked = reported() - r1;
         for (const auto& s : kgmp::metrics::read())
           if (s.name == "/sched/handoffs:events") metric = s.u64;
         stop = true;
@@ -212,6 +228,13 @@ TEST_F(TelBpf, HandoffsOfAScriptedBlockingPattern) {
   auto ps = kgmp::proc_stats();
   EXPECT_EQ(ps[0].handoffs_out, kgmp::internal::last_run_stats().handoffs);
   EXPECT_GE(ps[0].handoffs_in, 6u);
+  // The latency histogram holds the event-driven hand-offs only: none for the marked calls
+  // (handed off at entry, nothing to measure), one per unmarked read that a watcher took over
+  // (the backstop may take one instead); each far below the 20 ms the read lasted.
+  EXPECT_EQ(lat_marked, 0u);
+  EXPECT_GE(lat_unmarked, 1u);
+  EXPECT_LE(lat_unmarked, unmarked);
+  EXPECT_LT(lat_max_s, 0.020);
 }
 
 }  // namespace

@@ -322,8 +322,8 @@ TEST_F(KgmpstatTest, TraceIsValidTraceEventJson) {
   EXPECT_TRUE(rep.counter_names.count("P0 runq"));
   EXPECT_TRUE(rep.instant_names.count("steal"));
   EXPECT_TRUE(rep.instant_names.count("handoff"));
-  EXPECT_TRUE(absl::StrContains(r.out, "hand-offs: 2 (block -> hand-off latency over 2 matched: "
-                                       "p50 20us, p99 20us"))
+  EXPECT_TRUE(absl::StrContains(r.out, "hand-offs: 2 (recorded block -> hand-off over 2 matched, "
+                                       "i.e. kgmp::blocking() entries: p50 20us, p99 20us"))
       << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "monitor=trace")) << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "(2 dropped)")) << r.out;

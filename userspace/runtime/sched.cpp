@@ -394,7 +394,15 @@ static bool watch_for_p(M* m) {
       got = handoff_p(p, lease);
       if (got) {
         p->m = nullptr;
-        if (counters_on) p->c.handoffs_in.add();
+        if (counters_on) {
+          p->c.handoffs_in.add();
+          // How long the P stood still: from the kernel's switch-out of its blocked M (the
+          // event's timestamp, same clock) to this CAS.
+          std::uint64_t ts = sched->monitor->last_event_ns(m->watch_p);
+          std::int64_t now = nanotime();
+          if (ts != 0 && static_cast<std::uint64_t>(now) >= ts)
+            p->c.handoff_lat.add(static_cast<std::uint64_t>(now) - ts);
+        }
       }
     } else if (r == 0) {  // a timer is due: run it if the P is idle
       LockGuard l(sched->lock);

@@ -113,6 +113,8 @@ struct PCounters {
   Counter handoffs_in;   // of those, times a new M took it and ran its Gs (received)
   Counter busy_ns, idle_ns, spin_ns;
   Hist lat;              // runnable -> running, ns, sampled 1 in track_mask + 1
+  Hist handoff_lat;      // a block the kernel reported -> its P taken by another M, ns
+                         // (every event-driven hand-off; written by the taking watcher)
   // The current state and since when (nanotime); written by whoever moves the P between
   // states (ordered by the scheduler lock or the lease), read racily for the open interval.
   std::atomic<std::uint8_t> state{static_cast<std::uint8_t>(PState::kIdle)};

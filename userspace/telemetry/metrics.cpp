@@ -109,6 +109,14 @@ const std::vector<Entry>& table() {
              for (int i = 0; i < kHistBuckets; i++) b[i] = s.lat_total[i];
            }),
       // kgmp's, same grammar.
+      hist("/sched/handoffs/latencies:seconds",
+           "Distribution of the time a P stood still behind an M blocked in the kernel: from "
+           "the kernel's switch-out of the M (as reported by the trace or scx monitor) to "
+           "another M taking the P. Hand-offs of the poll monitor and eager ones at "
+           "kgmp::blocking() entry are not in it.",
+           [](const Snapshot& s, std::uint64_t* b) {
+             for (int i = 0; i < kHistBuckets; i++) b[i] = s.handoff_lat_total[i];
+           }),
       u64("/sched/handoffs:events", true,
           "Count of times a P was taken from an M blocked in the kernel and handed to another M.",
           [](const Snapshot& s) { return s.handoffs; }),

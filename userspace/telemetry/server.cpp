@@ -89,6 +89,7 @@ void proc_counters(JsonOut& o, const ProcSnap& p, const ProcSnap* b) {
       .kv("busy_ns", d(&ProcSnap::busy_ns)).kv("idle_ns", d(&ProcSnap::idle_ns))
       .kv("spin_ns", d(&ProcSnap::spin_ns));
   hist(o, "lat_hist", p.lat, b ? b->lat : nullptr);
+  hist(o, "handoff_lat_hist", p.handoff_lat, b ? b->handoff_lat : nullptr);
 }
 
 void core_counters(JsonOut& o, const CoreSnap& c, const CoreSnap* b) {
@@ -225,6 +226,7 @@ std::string meta_resp() {
       {"idle_ns", "counter", "ns", "time on the idle list"},
       {"spin_ns", "counter", "ns", "time held by a spinning M"},
       {"lat_hist", "histogram", "ns", "runnable -> running latency, 1 in 32 sampled (KGMPDEBUG=latsample)"},
+      {"handoff_lat_hist", "histogram", "ns", "kernel-reported block of the P's M -> P taken by another M"},
   });
   o.key("cores");
   meta_fields(o, "cpu", {

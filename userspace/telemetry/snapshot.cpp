@@ -132,6 +132,8 @@ Snapshot take_snapshot() {
     for (int b = 0; b < kHistBuckets; b++) {
       ps.lat[b] = c.lat.b[b].load();
       s.lat_total[b] += ps.lat[b];
+      ps.handoff_lat[b] = c.handoff_lat.b[b].load();
+      s.handoff_lat_total[b] += ps.handoff_lat[b];
     }
     spawns += ps.spawns;
     exits += ps.exits;

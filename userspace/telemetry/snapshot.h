@@ -34,6 +34,7 @@ struct ProcSnap {
                 handoffs_in = 0, handoffs_out = 0, globtakes = 0, parks = 0, busy_ns = 0,
                 idle_ns = 0, spin_ns = 0;
   std::uint64_t lat[kHistBuckets] = {};
+  std::uint64_t handoff_lat[kHistBuckets] = {};
 };
 
 struct CoreSnap {
@@ -64,6 +65,7 @@ struct Snapshot {
   std::vector<CoreSnap> cores;  // empty unless the monitor has per-core BPF counters
   std::vector<MSnap> ms;
   std::uint64_t lat_total[kHistBuckets] = {};  // every P's latency histogram summed
+  std::uint64_t handoff_lat_total[kHistBuckets] = {};  // every P's hand-off latencies summed
 };
 
 Snapshot take_snapshot();

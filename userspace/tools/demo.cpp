@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <limits>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -180,6 +181,33 @@ std::uint64_t Metric(const char* name) {
   return 0;
 }
 
+// A histogram metric (kgmp::metrics::Histogram, bucket bounds in seconds).
+kgmp::metrics::Histogram HistMetric(const char* name) {
+  for (kgmp::metrics::Sample& s : kgmp::metrics::read())
+    if (s.name == name) return std::move(s.hist);
+  return {};
+}
+
+// The q-quantile of h as "<= upper bound of its bucket" (power-of-two buckets: an upper bound
+// within 2x), or -1 if h is empty.
+double QuantileUpper(const kgmp::metrics::Histogram& h, double q) {
+  std::uint64_t n = 0;
+  for (std::uint64_t c : h.counts) n += c;
+  if (n == 0) return -1;
+  std::uint64_t want = static_cast<std::uint64_t>(q * static_cast<double>(n - 1)) + 1, seen = 0;
+  for (std::size_t i = 0; i < h.counts.size(); i++) {
+    seen += h.counts[i];
+    if (seen >= want) return h.buckets[i + 1];
+  }
+  return h.buckets.back();
+}
+
+std::string Micros(double seconds) {
+  if (seconds < 0) return "n/a";
+  if (seconds == std::numeric_limits<double>::infinity()) return "inf";
+  return absl::StrFormat("%.0f us", seconds * 1e6);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -213,6 +241,7 @@ int main(int argc, char** argv) {
   std::string monitor, trace_text;
   std::atomic<long> items{0}, fibs{0};
   std::uint64_t handoffs = 0, blocks = 0;
+  kgmp::metrics::Histogram handoff_lat;
   absl::Duration ran;
   kgmp::run(
       [&] {
@@ -262,6 +291,7 @@ int main(int argc, char** argv) {
           kgmp::blocking([&] { tracer.join(); });
         }
         handoffs = Metric("/sched/handoffs:events");
+        handoff_lat = HistMetric("/sched/handoffs/latencies:seconds");
         blocks = Metric("/sched/workers/blocks:events");
         stop.store(true);
         wg.wait();
@@ -275,13 +305,28 @@ int main(int argc, char** argv) {
               monitor == "poll" ? " (no BPF: hand-offs happen after a polling period)" : "");
   std::printf("hand-offs (whole run, /sched/handoffs:events): %llu; M blocks seen by BPF: %llu\n",
               static_cast<unsigned long long>(handoffs), static_cast<unsigned long long>(blocks));
+  std::uint64_t reported = 0;
+  for (std::uint64_t c : handoff_lat.counts) reported += c;
+  if (reported > 0)
+    std::printf("hand-off latency (kernel's switch-out of the blocked M -> its P taken, %llu "
+                "kernel-reported hand-offs, /sched/handoffs/latencies:seconds): p50 <= %s, "
+                "p99 <= %s, monitor=%s\n",
+                static_cast<unsigned long long>(reported),
+                Micros(QuantileUpper(handoff_lat, 0.50)).c_str(),
+                Micros(QuantileUpper(handoff_lat, 0.99)).c_str(), monitor.c_str());
+  else
+    std::printf("hand-off latency: no kernel-reported hand-off (monitor=%s%s)\n",
+                monitor.c_str(),
+                monitor == "poll" ? ": the poll monitor hands off marked calls after its period"
+                                  : "");
   if (tracing) {
     std::printf("trace of %.1f s (kgmpstat trace %d --seconds=%g):\n", trace_seconds,
                 static_cast<int>(getpid()), trace_seconds);
     for (absl::string_view line : absl::StrSplit(trace_text, '\n', absl::SkipEmpty()))
       std::printf("  %.*s\n", static_cast<int>(line.size()), line.data());
-    std::printf("  (latencies: hand-offs whose block the trace recorded, i.e. kgmp::blocking() "
-                "calls; blocks only the kernel saw are counted above, not yet traced)\n");
+    std::printf("  (the trace's latencies are of blocks it recorded, i.e. kgmp::blocking() "
+                "calls, handed off at entry; the kernel-reported ones are in the hand-off latency "
+                "line above)\n");
     std::printf("trace file: %s\n", trace_file.c_str());
   }
   std::printf("\nper-P counters (Gs run = G executions, steals = successful steals):\n");

@@ -795,8 +795,8 @@ std::string RenderHandoffSummary(const TraceSummary& s) {
     return FormatDuration(v[std::min(i, v.size() - 1)]);
   };
   std::string out = absl::StrFormat(
-      "hand-offs: %d (block -> hand-off latency over %d matched: p50 %s, p99 %s, max %s), "
-      "monitor=%s\n",
+      "hand-offs: %d (recorded block -> hand-off over %d matched, i.e. kgmp::blocking() entries: "
+      "p50 %s, p99 %s, max %s), monitor=%s\n",
       s.handoffs, v.size(), q(0.5), q(0.99), v.empty() ? "-" : FormatDuration(v.back()),
       s.monitor);
   if (s.dropped > 0)
