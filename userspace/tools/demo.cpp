@@ -87,6 +87,11 @@ void pipe_pair(kgmp::WaitGroup& wg, bool marked, long gap_us) {
     for (;;) {
       ssize_t n = Syscall(marked, [&] { return read(rd, &c, 1); });
       if (n != 1 || c == 'q') break;
+      // A runtime entry after each read, as real code has one (it would send what it read on
+      // a channel): the M learns there that its P was handed off while read() blocked, and
+      // the G goes back to a P. Without any, the G would stay on its own P-less thread after
+      // the first hand-off (DESIGN §3), and its later reads would have no P to hand off.
+      kgmp::yield();
     }
     close(rd);
     wg.done();
@@ -96,6 +101,7 @@ void pipe_pair(kgmp::WaitGroup& wg, bool marked, long gap_us) {
     while (!stop.load(std::memory_order_relaxed)) {
       Syscall(false, [&] { return nanosleep(&ts, nullptr); });
       if (write(wr, "x", 1) != 1) break;
+      kgmp::yield();  // a runtime entry, as for the reader
     }
     if (write(wr, "q", 1) != 1) std::perror("kgmp-demo: write");
     close(wr);
@@ -274,8 +280,10 @@ int main(int argc, char** argv) {
         wg.add(1);
         kgmp::go([&] {  // a bare nanosleep(): the M itself sleeps in the kernel
           timespec ts{0, 3000000};
-          while (!stop.load(std::memory_order_relaxed))
+          while (!stop.load(std::memory_order_relaxed)) {
             Syscall(false, [&] { return nanosleep(&ts, nullptr); });
+            kgmp::yield();  // a runtime entry (see pipe_pair)
+          }
           wg.done();
         });
         channels(wg, items);
