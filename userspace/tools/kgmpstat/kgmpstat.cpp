@@ -97,7 +97,8 @@ Subcommands
       (a slice per goroutine run, G<id>), a track per M (running / blocked in kernel /
       spinning), counters (Goroutines, Threads, P<i> runq) and instants (steal, handoff).
       Open it at ui.perfetto.dev (Open trace file) or chrome://tracing. Also prints the
-      hand-off summary: count and block -> hand-off latency p50/p99.
+      hand-off summary: the count, and block -> hand-off p50/p99 for the recorded blocks
+      (kgmp::blocking() calls; kernel-reported ones: the handoff_lat_hist of `json`).
 
 Examples
   kgmpstat list
