@@ -1,0 +1,234 @@
+// scx.cpp — the scx monitor (DESIGN §4): the project's sched_ext scheduler holds each core's
+// spare M runnable and dispatches it the moment the P-holder blocks: a hand-off costs one
+// context switch.
+//
+// What: ScxMonitor = a trace monitor (kgmp_trace attached, its polling backstop, its per-P
+// rings) + scx_kgmp (scx_bpf.h) attached on top, sharing trace's maps. Every M switches itself
+// to SCHED_EXT when it registers (partial mode: nothing else of the machine is affected).
+// A watcher M (one per P, as under trace) does not sleep on the ring: it sets hold[slot] = p+1
+// and calls sched_yield(); the scheduler parks it in P p's park DSQ (runnable, not running,
+// the core may halt). When the P-holder blocks with work pending, ops.stopping records the
+// lease word and ops.dispatch on the same CPU moves the watcher to run next; it reads the
+// word (handoff_lease[p], xchg) and CASes the lease (handoff_p in sched.cpp).
+//
+// Invariants:
+//   - As under trace: a P is taken only by a CAS from the exact USER lease word BPF saw; the
+//     BPF side never writes a lease.
+//   - A watcher is held only while it waits without a deadline (timeout_ms < 0). With a timer
+//     pending it waits on the ring like trace (the scheduler's cycling period, timeout/5, is
+//     far coarser than timers need).
+//   - hold[slot] is cleared before watch() returns, so an M that is no longer a watcher is
+//     never parked.
+//
+// Ejection (watchdog, scx_bpf_error, sysrq-S, unregistration by anyone): ops.exit fills the
+// exit record; the ejection thread sees exit.kind != 0 within kPollMs, logs
+// "kgmp: scx scheduler ejected (<reason>); continuing on trace", clears alive_ (watchers then
+// wait on their rings: trace), re-enables ring wakeups, switches the Ms back to SCHED_OTHER and
+// destroys the link. No G is lost: the kernel moves every SCHED_EXT task back to CFS, so a
+// held watcher runs at once, and the trace backstop covers any block seen by neither side in
+// the window.
+//
+// Rejected: a separate scx-only watcher protocol in sched.cpp (the watcher protocol of trace
+// fits: only watch() differs); polling /sys/kernel/sched_ext/state alone (it cannot tell our
+// exit from another scheduler's, and has no reason); epoll on the link fd (needs a newer
+// kernel than 6.12 for struct_ops links [memory]; polling every 20 ms costs nothing).
+#include <sched.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "monitor.h"
+#include "sched.h"
+
+#ifdef KGMP_HAVE_SCX
+#include "scx_bpf.h"
+#endif
+
+namespace kgmp::internal {
+
+#ifndef KGMP_HAVE_SCX
+absl::StatusOr<std::unique_ptr<Monitor>> make_scx_monitor(int, const int*) {
+  return absl::UnavailableError(
+      "this build has no scx monitor (configure with -DKGMP_SCX_VMLINUX_H=<vmlinux.h of a "
+      "sched_ext kernel>; vm-test/run does)");
+}
+#else
+namespace {
+
+constexpr int kSchedExt = 7;  // SCHED_EXT (not in glibc's headers)
+constexpr int kPollMs = 20;
+
+unsigned env_unsigned(const char* name, unsigned dflt) {
+  const char* e = std::getenv(name);
+  if (e == nullptr || *e == '\0') return dflt;
+  char* end = nullptr;
+  unsigned long v = std::strtoul(e, &end, 10);
+  return end != nullptr && *end == '\0' ? static_cast<unsigned>(v) : dflt;
+}
+
+class ScxMonitor final : public Monitor {
+ public:
+  ScxMonitor(std::unique_ptr<Monitor> trace, std::unique_ptr<ScxBpf> scx, int nprocs)
+      : trace_(std::move(trace)), scx_(std::move(scx)), nprocs_(nprocs) {}
+
+  ~ScxMonitor() override {
+    stop_ejection_thread();
+    scx_.reset();
+  }
+
+  const char* name() const override {
+    return alive_.load(std::memory_order_acquire) ? "scx" : "trace";
+  }
+  kgmp_shared* shared() override { return trace_->shared(); }
+
+  void start() override {
+    std::atomic_ref<__u32>(shared()->hdr.scx_active).store(1, std::memory_order_release);
+    trace_->start();
+    ejection_ = std::thread([this] { ejection_loop(); });
+  }
+
+  void stop() override {
+    stop_ejection_thread();
+    retire(nullptr);
+    trace_->stop();
+  }
+
+  void enter_blocking(M* m) override { trace_->enter_blocking(m); }
+  bool eager_blocking() const override { return true; }
+  void kick() override { trace_->kick(); }
+
+  // Caller: the new M, on its own thread (m_init_thread).
+  void register_m(M* m) override {
+    trace_->register_m(m);
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      tids_.push_back(m->tid);
+    }
+    if (alive_.load(std::memory_order_acquire)) {
+      sched_param sp{};
+      if (sched_setscheduler(0, kSchedExt, &sp) != 0)
+        setsched_failed_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  void unregister_m(M* m) override { trace_->unregister_m(m); }
+
+  bool has_watchers() const override { return true; }
+
+  // Caller: the watcher M of P p, on its own thread.
+  int watch(int p, std::uint64_t* lease, int timeout_ms) override {
+    M* m = getm();
+    if (timeout_ms >= 0 || m == nullptr || m->id >= KGMP_MAX_MS ||
+        !alive_.load(std::memory_order_acquire))
+      return trace_->watch(p, lease, timeout_ms);
+    kgmp_scx_state* st = scx_->state();
+    std::atomic_ref<__u32> hold(st->hold[m->id]);
+    std::atomic_ref<__u64> ev(st->handoff_lease[p]);
+    hold.store(static_cast<__u32>(p + 1), std::memory_order_seq_cst);
+    int r = 0;
+    for (;;) {
+      if (__u64 l = ev.exchange(0, std::memory_order_acq_rel); l != 0) {
+        *lease = l;
+        r = 1;
+        break;
+      }
+      // The ring: a second source of the same event, and wake_watcher's eventfd.
+      if ((r = trace_->watch(p, lease, 0)) != 0) break;
+      if (!alive_.load(std::memory_order_acquire)) break;
+      sched_yield();  // parked by the scheduler until released
+    }
+    hold.store(0, std::memory_order_release);
+    if (r != 0) return r;
+    return trace_->watch(p, lease, timeout_ms);  // ejected meanwhile: trace
+  }
+
+  void wake_watcher(int p) override {
+    trace_->wake_watcher(p);
+    if (alive_.load(std::memory_order_acquire)) (void)scx_->release(p);
+  }
+
+ private:
+  void stop_ejection_thread() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (ejection_.joinable()) ejection_.join();
+  }
+
+  void ejection_loop() {
+    std::unique_lock<std::mutex> l(mu_);
+    while (!stopping_) {
+      cv_.wait_for(l, std::chrono::milliseconds(kPollMs));
+      if (stopping_) break;
+      if (std::atomic_ref<__u64>(scx_->state()->exit.kind).load(std::memory_order_acquire) != 0) {
+        l.unlock();
+        retire("ejected");
+        return;
+      }
+    }
+  }
+
+  // Leaves scx for trace: once. why != nullptr: log it with the exit record's reason.
+  void retire(const char* why) {
+    if (retired_.exchange(true)) return;
+    alive_.store(false, std::memory_order_release);
+    std::atomic_ref<__u32>(shared()->hdr.scx_active).store(0, std::memory_order_release);
+    scx_->detach();
+    if (why != nullptr) {
+      kgmp_scx_exit& ex = scx_->state()->exit;
+      std::string reason(ex.reason, strnlen(ex.reason, sizeof ex.reason));
+      std::string msg(ex.msg, strnlen(ex.msg, sizeof ex.msg));
+      if (reason.empty()) reason = "unknown reason";
+      if (!msg.empty()) reason += ": " + msg;
+      fprintf(stderr, "kgmp: scx scheduler %s (%s); continuing on trace\n", why, reason.c_str());
+    }
+    std::vector<pid_t> tids;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      tids = tids_;
+    }
+    sched_param sp{};
+    for (pid_t t : tids) (void)sched_setscheduler(t, SCHED_OTHER, &sp);
+    for (int p = 0; p < nprocs_; p++) trace_->wake_watcher(p);
+  }
+
+  std::unique_ptr<Monitor> trace_;
+  std::unique_ptr<ScxBpf> scx_;
+  int nprocs_;
+  std::atomic<bool> alive_{true};
+  std::atomic<bool> retired_{false};
+  std::atomic<long> setsched_failed_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;      // guarded by mu_
+  std::vector<pid_t> tids_;    // guarded by mu_: every registered M's tid
+  std::thread ejection_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Monitor>> make_scx_monitor(int nprocs, const int* cpus) {
+  int shared_fd = -1, tids_fd = -1;
+  absl::StatusOr<std::unique_ptr<Monitor>> trace = make_trace_monitor(nprocs, &shared_fd, &tids_fd);
+  if (!trace.ok())
+    return absl::Status(trace.status().code(),
+                        "the trace monitor beneath it failed: " + std::string(trace.status().message()));
+  absl::StatusOr<std::unique_ptr<ScxBpf>> scx =
+      ScxBpf::open(nprocs, cpus, shared_fd, tids_fd, env_unsigned("KGMP_SCX_TIMEOUT_MS", 5000),
+                   env_unsigned("KGMP_SCX_TEST_ERROR_MS", 0));
+  if (!scx.ok()) return scx.status();
+  auto mon = std::make_unique<ScxMonitor>(std::move(*trace), std::move(*scx), nprocs);
+  mon->reason = "sched_ext scheduler scx_kgmp attached (partial mode), trace beneath it";
+  return mon;
+}
+#endif
+
+}  // namespace kgmp::internal
