@@ -71,6 +71,7 @@ const volatile __u32 target_tgid = 0;
 const volatile __u32 nr_cpus = 1;
 const volatile __u32 nprocs = 1;
 const volatile __u64 hold_ns = 1000ULL * 1000 * 1000;
+const volatile __u64 starve_ns = 2500ULL * 1000 * 1000;
 
 struct kgmp_scx_state st;
 
@@ -155,6 +156,13 @@ static __always_inline __u32 cidx(__u32 i)
 	asm volatile("" : "+r"(i));
 	return i & (KGMP_SCX_MAX_CPUS - 1);
 }
+
+#define CORE_SET(cpu, field, v)                                      \
+	do {                                                          \
+		__u32 _c = (__u32)(cpu);                              \
+		if (_c < KGMP_SCX_MAX_CPUS)                           \
+			WRITE_ONCE_U64(st.core[cidx(_c)].field, (v)); \
+	} while (0)
 
 /* Per-core counter of CPU cpu += 1 (one writer per CPU: plain increments). */
 #define CORE_INC(cpu, field)                                          \
@@ -308,6 +316,7 @@ void BPF_STRUCT_OPS(kgmp_dispatch, s32 cpu, struct task_struct *prev)
 
 	maybe_test_error();
 	CORE_INC(cpu, dispatches);
+	CORE_SET(cpu, last_ok_ns, bpf_ktime_get_ns());
 	if (cpu >= 0 && cpu < KGMP_SCX_MAX_CPUS) {
 		pp = READ_ONCE_U32(st.p_of_cpu[cidx(cpu)]);
 		if (pp) {
@@ -371,6 +380,11 @@ void BPF_STRUCT_OPS(kgmp_stopping, struct task_struct *p, bool runnable)
 	/* cpu == here: this CPU is picking its next task; ops.dispatch follows. */
 }
 
+void BPF_STRUCT_OPS(kgmp_running, struct task_struct *p)
+{
+	CORE_SET(bpf_get_smp_processor_id(), last_ok_ns, bpf_ktime_get_ns());
+}
+
 void BPF_STRUCT_OPS(kgmp_tick, struct task_struct *p)
 {
 	struct kgmp_shared *s;
@@ -383,6 +397,7 @@ void BPF_STRUCT_OPS(kgmp_tick, struct task_struct *p)
 	if (slot < 0)
 		return;
 	CORE_INC(bpf_get_smp_processor_id(), ticks);
+	CORE_SET(bpf_get_smp_processor_id(), last_ok_ns, bpf_ktime_get_ns());
 	s = shared_mem();
 	if (!s)
 		return;
@@ -409,6 +424,20 @@ static int cycle_fn(void *map, int *key, struct cycle_timer *t)
 	__u32 pi;
 	s32 cpu;
 
+	/* Starvation: a CPU with Ms queued or parked on it that has not turned to sched_ext for
+	 * starve_ns (CFS tasks always had something to run): the watchdog would eject us soon. */
+	for (cpu = 0; cpu < KGMP_SCX_MAX_CPUS && cpu < nr_cpus; cpu++) {
+		__u32 pp = READ_ONCE_U32(st.p_of_cpu[cidx(cpu)]);
+		/* The local DSQ too: an M preempted by a CFS task waits at its head. */
+		s32 n = scx_bpf_dsq_nr_queued(KGMP_SCX_CORE_DSQ(cpu)) +
+			scx_bpf_dsq_nr_queued(SCX_DSQ_LOCAL_ON | (__u64)cpu);
+
+		if (pp && pp <= KGMP_MAX_PROCS)
+			n += scx_bpf_dsq_nr_queued(KGMP_SCX_PARK_DSQ(pp - 1));
+		at = READ_ONCE_U64(st.core[cidx(cpu)].last_ok_ns);
+		if (n > 0 && at && now > at && now - at > starve_ns && !READ_ONCE_U32(st.starved))
+			WRITE_ONCE_U32(st.starved, cpu + 1);
+	}
 	if (s) {
 		for (pi = 0; pi < KGMP_MAX_PROCS && pi < nprocs; pi++) {
 			at = READ_ONCE_U64(st.park_ns[pidx(pi)]);
@@ -432,6 +461,8 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(kgmp_init)
 	struct cycle_timer *t;
 	__u32 zero = 0, i;
 
+	for (i = 0; i < KGMP_SCX_MAX_CPUS && i < nr_cpus; i++)
+		CORE_SET(i, last_ok_ns, bpf_ktime_get_ns());
 	for (i = 0; i < KGMP_SCX_MAX_CPUS && i < nr_cpus; i++)
 		if (scx_bpf_create_dsq(KGMP_SCX_CORE_DSQ(i), -1)) {
 			anomaly(KGMP_SCX_A_DSQ_CREATE);
@@ -487,6 +518,7 @@ struct sched_ext_ops kgmp_ops = {
 	.enqueue = (void *)kgmp_enqueue,
 	.dispatch = (void *)kgmp_dispatch,
 	.stopping = (void *)kgmp_stopping,
+	.running = (void *)kgmp_running,
 	.tick = (void *)kgmp_tick,
 	.init = (void *)kgmp_init,
 	.exit = (void *)kgmp_exit,

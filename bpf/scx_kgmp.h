@@ -38,6 +38,8 @@ struct kgmp_scx_core {
 	__u64 holder_first;  /* enqueues of a P-holder at the head of the core DSQ */
 	__u64 preempt_reqs;  /* preemption flags raised (a G ran > 10 ms) */
 	__u64 dispatches;
+	__u64 last_ok_ns;    /* last ops.dispatch/running/tick here: ext tasks could run */
+	__u64 pad[7];
 };
 
 /* Anomalies: each counted, never silently ignored. */
@@ -79,6 +81,10 @@ struct kgmp_scx_state {
 	/* bpf: a G of M slot s ran > 10 ms (the runtime may poll it at its safe points) */
 	__u32 preempt[KGMP_MAX_MS];
 	struct kgmp_scx_core core[KGMP_SCX_MAX_CPUS];
+	/* bpf: CPU + 1 whose Ms waited starve_ns without the CPU ever turning to sched_ext (CFS
+	 * tasks run first in partial mode); user space then leaves scx before the watchdog ejects */
+	__u32 starved;
+	__u32 pad32;
 	__u64 anomalies[16]; /* indexed by enum kgmp_scx_anomaly (< 16) */
 	struct kgmp_scx_exit exit;
 };

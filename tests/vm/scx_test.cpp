@@ -24,6 +24,8 @@
 #include <iterator>
 #include <string>
 #include <thread>
+#include <vector>
+#include <algorithm>
 
 #include "kgmp/kgmp.h"
 
@@ -103,6 +105,24 @@ Child spawn(const std::function<int()>& f, const char* tag) {
     int fd = open(c.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     if (fd >= 0) dup2(fd, 2);
     _exit(f());
+  }
+  return c;
+}
+
+// Like spawn, but a fresh process: this binary re-executed with KGMP_SCX_CHILD=mode (main()
+// below runs child_main instead of the tests), so the runtime's once-per-process log line is
+// printed again and no state of this process is inherited.
+Child spawn_exec(const char* mode) {
+  Child c;
+  c.log = std::string("/tmp/kgmp-scx-") + mode + "-" + std::to_string(getpid()) + ".log";
+  fflush(stderr);
+  c.pid = fork();
+  if (c.pid == 0) {
+    int fd = open(c.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd >= 0) dup2(fd, 2);
+    setenv("KGMP_SCX_CHILD", mode, 1);
+    execl("/proc/self/exe", "scx_test", static_cast<char*>(nullptr));
+    _exit(127);
   }
   return c;
 }
@@ -294,20 +314,7 @@ TEST(ScxTwoProcesses, SecondFallsBackToTraceAndSaysWhy) {
   char ok = 0;
   ASSERT_EQ(read(up[0], &ok, 1), 1);
   ASSERT_EQ(ok, 'y');
-  Child second = spawn(
-      [] {
-        unsetenv("KGMP_MONITOR");  // auto
-        std::string mon;
-        long during = 0;
-        kgmp::run(
-            [&] {
-              mon = kgmp::monitor();
-              during = handoff_once();
-            },
-            kgmp::Config{.procs = 1});
-        return mon != "trace" ? 2 : during <= 0 ? 3 : 0;
-      },
-      "second");
+  Child second = spawn_exec("second");
   EXPECT_EQ(wait_exit(second), 0) << "2: not on trace, 3: no hand-off; log:\n" << slurp(second.log);
   std::string log = slurp(second.log);
   EXPECT_NE(log.find("kgmp: monitor=trace ("), std::string::npos) << log;
@@ -320,26 +327,25 @@ TEST(ScxTwoProcesses, SecondFallsBackToTraceAndSaysWhy) {
   for (int fd : {up[0], up[1], go[0], go[1]}) close(fd);
 }
 
-// The runtime under scx with an unrelated CPU hog on every CPU for KGMP_SCX_STRESS_S seconds
-// (default 10; the 60 with KGMP_SCX_STRESS_S=60): the hog is never starved (partial
-// mode: it stays in CFS), no G is lost, and the scheduler is not ejected.
-TEST(ScxStress, UnrelatedHogIsNotStarvedAndNothingIsLost) {
-  REQUIRE_SCX();
-  int seconds = 10;
-  if (const char* e = std::getenv("KGMP_SCX_STRESS_S")) seconds = std::max(1, std::atoi(e));
-  const int ncpu = static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
-  // Per hog thread: a counter it bumps while spinning (shared with this process).
+// The runtime under scx with an unrelated CPU hog for KGMP_SCX_STRESS_S seconds (default 10;
+// the 60 with KGMP_SCX_STRESS_S=60), in a fresh process. Always: the hog is never
+// starved (partial mode: it stays in CFS), no G is lost, the kernel never ejects the scheduler.
+// hog_cpus: where the hog spins; rt_cpu >= 0: the runtime's only CPU (-1: all). Returns the
+// runtime's log.
+std::string hog_stress(const std::vector<int>& hog_cpus, int rt_cpu) {
   auto* counters = static_cast<std::atomic<long>*>(mmap(nullptr, 4096, PROT_READ | PROT_WRITE,
                                                         MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  ASSERT_NE(counters, MAP_FAILED);
+  EXPECT_NE(counters, MAP_FAILED);
+  if (counters == MAP_FAILED) return "";
+  const std::size_t n = hog_cpus.size();
   Child hog = spawn(
       [&] {
         std::vector<std::thread> ts;
-        for (int i = 0; i < ncpu; i++)
+        for (std::size_t i = 0; i < n; i++)
           ts.emplace_back([&, i] {
             cpu_set_t set;
             CPU_ZERO(&set);
-            CPU_SET(i, &set);
+            CPU_SET(hog_cpus[i], &set);
             sched_setaffinity(0, sizeof set, &set);
             for (;;) counters[i].fetch_add(1, std::memory_order_relaxed);
           });
@@ -347,25 +353,86 @@ TEST(ScxStress, UnrelatedHogIsNotStarvedAndNothingIsLost) {
         return 0;
       },
       "hog");
-  std::atomic<bool> stop{false};
-  std::atomic<int> starved_windows{0};
-  std::thread watch([&] {
-    std::vector<long> last(static_cast<std::size_t>(ncpu), 0);
-    std::this_thread::sleep_for(200ms);
-    while (!stop) {
-      for (int i = 0; i < ncpu; i++) last[static_cast<std::size_t>(i)] = counters[i].load();
-      std::this_thread::sleep_for(500ms);
-      if (stop) break;
-      for (int i = 0; i < ncpu; i++)
-        if (counters[i].load() == last[static_cast<std::size_t>(i)]) starved_windows++;
+  std::this_thread::sleep_for(200ms);
+  if (rt_cpu >= 0) setenv("KGMP_SCX_STRESS_CPU", std::to_string(rt_cpu).c_str(), 1);
+  Child rt = spawn_exec("stress");
+  unsetenv("KGMP_SCX_STRESS_CPU");
+  int starved_windows = 0, windows = 0;
+  std::vector<long> last(n, 0);
+  for (std::size_t i = 0; i < n; i++) last[i] = counters[i].load();
+  int status = 0;
+  while (waitpid(rt.pid, &status, WNOHANG) == 0) {
+    std::this_thread::sleep_for(500ms);
+    windows++;
+    for (std::size_t i = 0; i < n; i++) {
+      long v = counters[i].load();
+      if (v == last[i]) starved_windows++;
+      last[i] = v;
     }
-  });
+  }
+  kill(hog.pid, SIGKILL);
+  wait_exit(hog);
+  munmap(counters, 4096);
+  std::string log = slurp(rt.log);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0)
+      << "2: lost goroutines, 3: did not start on scx; log:\n" << log;
+  EXPECT_GT(windows, 0);
+  EXPECT_EQ(starved_windows, 0) << "the hog made no progress in some 500 ms windows";
+  EXPECT_EQ(log.find("scx scheduler ejected"), std::string::npos) << log;
+  return log;
+}
 
+// The hog on a CPU the runtime does not use: scx stays loaded the whole run.
+TEST(ScxStress, HogOnAnotherCpuKeepsScxAndIsNotStarved) {
+  REQUIRE_SCX();
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) GTEST_SKIP() << "needs 2 CPUs";
+  setenv("KGMP_SCX_STRESS_REQUIRE_SCX", "1", 1);
+  std::string log = hog_stress({0}, 1);
+  unsetenv("KGMP_SCX_STRESS_REQUIRE_SCX");
+  EXPECT_EQ(log.find("scx scheduler left"), std::string::npos) << log;
+  EXPECT_NE(log.find("monitor at end scx"), std::string::npos) << log;
+}
+
+// The hog on every CPU: CFS runs before SCHED_EXT in partial mode, so the Ms starve; the
+// runtime leaves scx for trace by itself before the watchdog would eject it, and loses nothing.
+TEST(ScxStress, HogOnEveryCpuMakesTheRuntimeLeaveScxCleanly) {
+  REQUIRE_SCX();
+  std::vector<int> all;
+  for (int i = 0; i < sysconf(_SC_NPROCESSORS_ONLN); i++) all.push_back(i);
+  std::string log = hog_stress(all, -1);
+  EXPECT_NE(log.find("kgmp: scx scheduler left (the Ms of CPU "), std::string::npos) << log;
+}
+
+// ---- child processes (spawn_exec) ----
+
+int child_second() {  // a second runtime while another holds sched_ext: auto must pick trace
+  unsetenv("KGMP_MONITOR");
+  std::string mon;
+  long during = 0;
+  kgmp::run(
+      [&] {
+        mon = kgmp::monitor();
+        during = handoff_once();
+      },
+      kgmp::Config{.procs = 1});
+  return mon != "trace" ? 2 : during <= 0 ? 3 : 0;
+}
+
+int child_stress() {  // random blocking Gs on every P for KGMP_SCX_STRESS_S seconds
+  int seconds = 10;
+  if (const char* e = std::getenv("KGMP_SCX_STRESS_S")) seconds = std::max(1, std::atoi(e));
+  if (const char* c = std::getenv("KGMP_SCX_STRESS_CPU")) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(std::atoi(c), &set);
+    sched_setaffinity(0, sizeof set, &set);
+  }
   std::atomic<long> started{0}, finished{0};
-  std::string mon_end;
+  std::string mon_start, mon_end;
   setenv("KGMP_MONITOR", "scx", 1);
   kgmp::run(
       [&] {
+        mon_start = kgmp::monitor();
         auto end = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
         kgmp::WaitGroup wg;
         long n = 0;
@@ -401,16 +468,22 @@ TEST(ScxStress, UnrelatedHogIsNotStarvedAndNothingIsLost) {
         mon_end = kgmp::monitor();
       },
       kgmp::Config{});
-  unsetenv("KGMP_MONITOR");
-  stop = true;
-  watch.join();
-  kill(hog.pid, SIGKILL);
-  wait_exit(hog);
-  EXPECT_EQ(started.load(), finished.load()) << "lost goroutines";
-  EXPECT_GT(finished.load(), 0);
-  EXPECT_EQ(starved_windows.load(), 0) << "the hog made no progress in some 500 ms windows";
-  EXPECT_EQ(mon_end, "scx") << "the scheduler was ejected during the stress (see dmesg)";
-  munmap(counters, 4096);
+  fprintf(stderr, "stress: %ld goroutines started, %ld finished, monitor at start %s, monitor at end %s\n",
+          started.load(), finished.load(), mon_start.c_str(), mon_end.c_str());
+  if (started.load() != finished.load()) return 2;
+  if (std::getenv("KGMP_SCX_STRESS_REQUIRE_SCX") != nullptr && mon_start != "scx") return 3;
+  return 0;
 }
 
 }  // namespace
+
+int main(int argc, char** argv) {
+  if (const char* mode = std::getenv("KGMP_SCX_CHILD")) {
+    std::string m(mode);
+    if (m == "second") return child_second();
+    if (m == "stress") return child_stress();
+    return 126;
+  }
+  testing::InitGoogleTest(&argc, argv);
+  return RUN_ALL_TESTS();
+}

@@ -28,6 +28,12 @@
 // held watcher runs at once, and the trace backstop covers any block seen by neither side in
 // the window.
 //
+// Starvation: partial mode runs SCHED_EXT tasks only when CFS has nothing to run on the CPU.
+// Under a CFS hog the Ms would wait until the watchdog ejects the scheduler (a "runnable task
+// stall", dmesg noise and a 5 s freeze). The program flags a CPU whose Ms waited starve_ns
+// (timeout/2) without the CPU ever turning to sched_ext; the ejection thread then leaves scx
+// for trace by itself ("kgmp: scx scheduler left (...)"), before the watchdog would.
+//
 // Rejected: a separate scx-only watcher protocol in sched.cpp (the watcher protocol of trace
 // fits: only watch() differs); polling /sys/kernel/sched_ext/state alone (it cannot tell our
 // exit from another scheduler's, and has no reason); epoll on the link fd (needs a newer
@@ -40,7 +46,9 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -76,7 +84,12 @@ unsigned env_unsigned(const char* name, unsigned dflt) {
 class ScxMonitor final : public Monitor {
  public:
   ScxMonitor(std::unique_ptr<Monitor> trace, std::unique_ptr<ScxBpf> scx, int nprocs)
-      : trace_(std::move(trace)), scx_(std::move(scx)), nprocs_(nprocs) {}
+      : trace_(std::move(trace)), scx_(std::move(scx)), nprocs_(nprocs) {
+    std::atomic_ref<__u32>(shared()->hdr.scx_active).store(1, std::memory_order_release);
+    // Started here, not in start(): run() calls start() on M0 after M0 switched to SCHED_EXT,
+    // and a starved M0 would never start the thread that notices the starvation.
+    ejection_ = std::thread([this] { ejection_loop(); });
+  }
 
   ~ScxMonitor() override {
     stop_ejection_thread();
@@ -88,15 +101,11 @@ class ScxMonitor final : public Monitor {
   }
   kgmp_shared* shared() override { return trace_->shared(); }
 
-  void start() override {
-    std::atomic_ref<__u32>(shared()->hdr.scx_active).store(1, std::memory_order_release);
-    trace_->start();
-    ejection_ = std::thread([this] { ejection_loop(); });
-  }
+  void start() override { trace_->start(); }
 
   void stop() override {
     stop_ejection_thread();
-    retire(nullptr);
+    retire("");
     trace_->stop();
   }
 
@@ -112,8 +121,10 @@ class ScxMonitor final : public Monitor {
       tids_.push_back(m->tid);
     }
     if (alive_.load(std::memory_order_acquire)) {
+      // RESET_ON_FORK: threads an M creates (the monitor's own, a user's std::thread started
+      // from a G) stay in CFS; new Ms switch themselves here.
       sched_param sp{};
-      if (sched_setscheduler(0, kSchedExt, &sp) != 0)
+      if (sched_setscheduler(0, kSchedExt | SCHED_RESET_ON_FORK, &sp) != 0)
         setsched_failed_.fetch_add(1, std::memory_order_relaxed);
     }
   }
@@ -164,32 +175,41 @@ class ScxMonitor final : public Monitor {
   }
 
   void ejection_loop() {
+    // Not pinned to M0's CPU: it must run when that CPU is saturated (the starvation case).
+    sched_setaffinity(0, sizeof sched->saved_mask, &sched->saved_mask);
     std::unique_lock<std::mutex> l(mu_);
     while (!stopping_) {
       cv_.wait_for(l, std::chrono::milliseconds(kPollMs));
       if (stopping_) break;
-      if (std::atomic_ref<__u64>(scx_->state()->exit.kind).load(std::memory_order_acquire) != 0) {
+      kgmp_scx_state* st = scx_->state();
+      if (std::atomic_ref<__u64>(st->exit.kind).load(std::memory_order_acquire) != 0) {
         l.unlock();
-        retire("ejected");
+        kgmp_scx_exit& ex = st->exit;
+        std::string reason(ex.reason, strnlen(ex.reason, sizeof ex.reason));
+        std::string msg(ex.msg, strnlen(ex.msg, sizeof ex.msg));
+        if (reason.empty()) reason = "unknown reason";
+        if (!msg.empty()) reason += ": " + msg;
+        retire("kgmp: scx scheduler ejected (" + reason + "); continuing on trace");
+        return;
+      }
+      if (__u32 c = std::atomic_ref<__u32>(st->starved).load(std::memory_order_acquire); c != 0) {
+        l.unlock();
+        retire("kgmp: scx scheduler left (the Ms of CPU " + std::to_string(c - 1) +
+               " waited too long: CFS tasks run before SCHED_EXT ones in partial mode, and the "
+               "watchdog would eject it); continuing on trace");
         return;
       }
     }
   }
 
-  // Leaves scx for trace: once. why != nullptr: log it with the exit record's reason.
-  void retire(const char* why) {
+  // Leaves scx for trace, once: watchers wait on their rings again, ring wakeups resume, the
+  // Ms go back to SCHED_OTHER (before the link goes, so that none is left in a class below
+  // CFS), the scheduler is unregistered. line: logged if not empty.
+  void retire(const std::string& line) {
     if (retired_.exchange(true)) return;
     alive_.store(false, std::memory_order_release);
     std::atomic_ref<__u32>(shared()->hdr.scx_active).store(0, std::memory_order_release);
-    scx_->detach();
-    if (why != nullptr) {
-      kgmp_scx_exit& ex = scx_->state()->exit;
-      std::string reason(ex.reason, strnlen(ex.reason, sizeof ex.reason));
-      std::string msg(ex.msg, strnlen(ex.msg, sizeof ex.msg));
-      if (reason.empty()) reason = "unknown reason";
-      if (!msg.empty()) reason += ": " + msg;
-      fprintf(stderr, "kgmp: scx scheduler %s (%s); continuing on trace\n", why, reason.c_str());
-    }
+    if (!line.empty()) fprintf(stderr, "%s\n", line.c_str());
     std::vector<pid_t> tids;
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -197,6 +217,7 @@ class ScxMonitor final : public Monitor {
     }
     sched_param sp{};
     for (pid_t t : tids) (void)sched_setscheduler(t, SCHED_OTHER, &sp);
+    scx_->detach();
     for (int p = 0; p < nprocs_; p++) trace_->wake_watcher(p);
   }
 

@@ -85,6 +85,7 @@ absl::StatusOr<std::unique_ptr<ScxBpf>> ScxBpf::open(int nprocs, const int* cpu_
   b->skel_->rodata->nr_cpus = static_cast<__u32>(ncpu);
   b->skel_->rodata->nprocs = static_cast<__u32>(nprocs);
   b->skel_->rodata->hold_ns = static_cast<__u64>(timeout_ms) * 1000000ull / 5;
+  b->skel_->rodata->starve_ns = static_cast<__u64>(timeout_ms) * 1000000ull / 2;
   b->skel_->struct_ops.kgmp_ops->timeout_ms = timeout_ms;
   if (int err = bpf_map__reuse_fd(b->skel_->maps.kgmp_shared, shared_fd); err != 0)
     return absl::InternalError(
