@@ -256,6 +256,7 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 	if (slot < 0) {
 		/* Not ours (another process switched a thread to SCHED_EXT): run it anyway. */
 		anomaly(KGMP_SCX_A_FOREIGN);
+		WRITE_ONCE_U32(st.last_foreign_tid, p->pid);
 		dsq_insert(p, SCX_DSQ_GLOBAL, KGMP_SCX_SLICE_NS, enq_flags);
 		scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_IDLE);
 		return;

@@ -84,7 +84,7 @@ struct kgmp_scx_state {
 	/* bpf: CPU + 1 whose Ms waited starve_ns without the CPU ever turning to sched_ext (CFS
 	 * tasks run first in partial mode); user space then leaves scx before the watchdog ejects */
 	__u32 starved;
-	__u32 pad32;
+	__u32 last_foreign_tid; /* bpf: the last KGMP_SCX_A_FOREIGN task (diagnostics) */
 	__u64 anomalies[16]; /* indexed by enum kgmp_scx_anomaly (< 16) */
 	struct kgmp_scx_exit exit;
 };

@@ -403,7 +403,42 @@ TEST(ScxStress, HogOnEveryCpuMakesTheRuntimeLeaveScxCleanly) {
   EXPECT_NE(log.find("kgmp: scx scheduler left (the Ms of CPU "), std::string::npos) << log;
 }
 
+// The hand-off is the scheduler's: the held watcher is dispatched by ops.dispatch when the
+// P-holder blocks (the scheduler's handoffs counter, printed by KGMP_SCX_STATS=1), not only
+// woken by trace's ring.
+TEST(ScxHandoff, TheSchedulerDispatchesTheHeldSpare) {
+  REQUIRE_SCX();
+  setenv("KGMP_SCX_STATS", "1", 1);
+  Child c = spawn_exec("handoffs");
+  unsetenv("KGMP_SCX_STATS");
+  EXPECT_EQ(wait_exit(c), 0) << "2: not scx, 3: no hand-off; log:\n" << slurp(c.log);
+  std::string log = slurp(c.log);
+  auto at = log.find(" handoffs=");
+  ASSERT_NE(at, std::string::npos) << log;
+  long handoffs = std::atol(log.c_str() + at + 10);
+  EXPECT_GE(handoffs, 10) << "of 20 blocks with work pending, the scheduler handed off " << handoffs
+                          << "; log:\n" << log;
+  std::printf("%s", log.c_str());
+}
+
 // ---- child processes (spawn_exec) ----
+
+int child_handoffs() {  // 20 hand-offs under scx
+  setenv("KGMP_MONITOR", "scx", 1);
+  int rc = 0;
+  kgmp::run(
+      [&] {
+        if (std::string(kgmp::monitor()) != "scx") {
+          rc = 2;
+          return;
+        }
+        for (int i = 0; i < 20; i++)
+          if (handoff_once() <= 0) rc = 3;
+      },
+      kgmp::Config{.procs = 1});
+  return rc;
+}
+
 
 int child_second() {  // a second runtime while another holds sched_ext: auto must pick trace
   unsetenv("KGMP_MONITOR");
@@ -482,6 +517,7 @@ int main(int argc, char** argv) {
     std::string m(mode);
     if (m == "second") return child_second();
     if (m == "stress") return child_stress();
+    if (m == "handoffs") return child_handoffs();
     return 126;
   }
   testing::InitGoogleTest(&argc, argv);

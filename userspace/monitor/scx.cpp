@@ -101,12 +101,53 @@ class ScxMonitor final : public Monitor {
   }
   kgmp_shared* shared() override { return trace_->shared(); }
 
-  void start() override { trace_->start(); }
+  // Caller: M0, already SCHED_EXT. SCHED_RESET_ON_FORK resets only RT/DL policies, so a
+  // thread M0 creates would be SCHED_EXT too: start trace's threads (the backstop poller) from
+  // CFS. (Threads that G code creates do inherit SCHED_EXT; the scheduler runs them from the
+  // global DSQ and counts them as KGMP_SCX_A_FOREIGN.)
+  void start() override {
+    sched_param sp{};
+    bool ext = sched_getscheduler(0) == kSchedExt;
+    if (ext) (void)sched_setscheduler(0, SCHED_OTHER, &sp);
+    trace_->start();
+    if (ext && alive_.load(std::memory_order_acquire))
+      (void)sched_setscheduler(0, kSchedExt, &sp);
+  }
 
   void stop() override {
     stop_ejection_thread();
+    if (const char* e = std::getenv("KGMP_SCX_STATS"); e != nullptr && *e == '1') print_stats();
     retire("");
     trace_->stop();
+  }
+
+  // KGMP_SCX_STATS=1: one line of the scheduler's counters (summed over CPUs) and anomalies at
+  // stop, for tests and benchmarks to see what the scheduler did.
+  void print_stats() {
+    const kgmp_scx_state* st = scx_->state();
+    kgmp_scx_core sum{};
+    for (const kgmp_scx_core& c : st->core) {
+      sum.ticks += c.ticks;
+      sum.blocks += c.blocks;
+      sum.releases += c.releases;
+      sum.handoffs += c.handoffs;
+      sum.parks += c.parks;
+      sum.holder_first += c.holder_first;
+      sum.preempt_reqs += c.preempt_reqs;
+      sum.dispatches += c.dispatches;
+    }
+    fprintf(stderr,
+            "kgmp: scx stats: alive=%d blocks=%llu handoffs=%llu releases=%llu parks=%llu "
+            "holder_first=%llu dispatches=%llu ticks=%llu preempt_reqs=%llu setsched_failed=%ld "
+            "anomalies=",
+            alive_.load() ? 1 : 0, (unsigned long long)sum.blocks, (unsigned long long)sum.handoffs,
+            (unsigned long long)sum.releases, (unsigned long long)sum.parks,
+            (unsigned long long)sum.holder_first, (unsigned long long)sum.dispatches,
+            (unsigned long long)sum.ticks, (unsigned long long)sum.preempt_reqs,
+            setsched_failed_.load());
+    for (int i = 0; i < KGMP_SCX_A_NR; i++)
+      fprintf(stderr, "%s%llu", i ? "," : "", (unsigned long long)st->anomalies[i]);
+    fprintf(stderr, " last_foreign_tid=%u pid=%d\n", st->last_foreign_tid, getpid());
   }
 
   void enter_blocking(M* m) override { trace_->enter_blocking(m); }
@@ -121,10 +162,8 @@ class ScxMonitor final : public Monitor {
       tids_.push_back(m->tid);
     }
     if (alive_.load(std::memory_order_acquire)) {
-      // RESET_ON_FORK: threads an M creates (the monitor's own, a user's std::thread started
-      // from a G) stay in CFS; new Ms switch themselves here.
       sched_param sp{};
-      if (sched_setscheduler(0, kSchedExt | SCHED_RESET_ON_FORK, &sp) != 0)
+      if (sched_setscheduler(0, kSchedExt, &sp) != 0)
         setsched_failed_.fetch_add(1, std::memory_order_relaxed);
     }
   }
