@@ -421,7 +421,48 @@ TEST(ScxHandoff, TheSchedulerDispatchesTheHeldSpare) {
   std::printf("%s", log.c_str());
 }
 
+// A spare held longer than the watchdog's timeout (KGMP_SCX_TIMEOUT_MS=2000 here) would eject
+// the scheduler: it must be released and re-held (cycled) in time. One P, the main G blocked
+// in an unmarked read for 3 timeouts, nothing else to run: the watcher stays parked throughout.
+TEST(ScxWatchdog, HeldSpareIsCycledWithinTheWatchdogBound) {
+  REQUIRE_SCX();
+  setenv("KGMP_SCX_STATS", "1", 1);
+  setenv("KGMP_SCX_TIMEOUT_MS", "2000", 1);
+  Child c = spawn_exec("hold");
+  unsetenv("KGMP_SCX_STATS");
+  unsetenv("KGMP_SCX_TIMEOUT_MS");
+  EXPECT_EQ(wait_exit(c), 0) << "2: not scx at start, 4: not scx at the end; log:\n" << slurp(c.log);
+  std::string log = slurp(c.log);
+  EXPECT_EQ(log.find("ejected"), std::string::npos) << log;
+  auto at = log.find(" releases=");
+  ASSERT_NE(at, std::string::npos) << log;
+  EXPECT_GE(std::atol(log.c_str() + at + 10), 2) << "the parked watcher was not cycled; log:\n" << log;
+  std::printf("%s", log.c_str());
+}
+
 // ---- child processes (spawn_exec) ----
+
+int child_hold() {  // the main G blocked 6 s in an unmarked read; the watcher parked
+  setenv("KGMP_MONITOR", "scx", 1);
+  int fds[2];
+  if (pipe(fds) != 0) return 9;
+  std::thread writer([&] {
+    std::this_thread::sleep_for(6s);
+    char c = 'x';
+    (void)!write(fds[1], &c, 1);
+  });
+  int rc = 0;
+  kgmp::run(
+      [&] {
+        if (std::string(kgmp::monitor()) != "scx") rc = 2;
+        char c;
+        (void)!read(fds[0], &c, 1);
+        if (rc == 0 && std::string(kgmp::monitor()) != "scx") rc = 4;
+      },
+      kgmp::Config{.procs = 1});
+  writer.join();
+  return rc;
+}
 
 int child_handoffs() {  // 20 hand-offs under scx
   setenv("KGMP_MONITOR", "scx", 1);
@@ -518,6 +559,7 @@ int main(int argc, char** argv) {
     if (m == "second") return child_second();
     if (m == "stress") return child_stress();
     if (m == "handoffs") return child_handoffs();
+    if (m == "hold") return child_hold();
     return 126;
   }
   testing::InitGoogleTest(&argc, argv);
