@@ -9,8 +9,12 @@
  *     itself (sched_setscheduler(0, 7)). Every other task of the machine stays in CFS, so an
  *     unrelated CPU hog is never starved by us.
  *   - One DSQ per core (KGMP_SCX_CORE_DSQ(cpu)) for the runnable Ms pinned there; the M holding
- *     the core's P goes to its head, the others (a woken P-less M, a new M) to its tail, so
- *     the P-holder runs first and a P-less M does not compete with it.
+ *     the core's P goes to its head, the others (a new M, a P-less M) to its tail, so the
+ *     P-holder runs first and a P-less M does not compete with it. One exception: an M woken
+ *     after its P was handed off runs at once for one short slice, because it parks (becomes
+ *     the core's spare again) at its next runtime entry; kept waiting for the holder's 20 ms
+ *     slice, it would make the runtime create a new spare per block (tests/bpf's stress: 427
+ *     threads instead of < 200). After that slice it waits behind the holder.
  *   - Holding the spare: the watcher M of P p (the spare that takes p when its holder blocks)
  *     sets hold[slot] = p + 1 in our .bss and calls sched_yield(). Its re-enqueue lands in
  *     P p's park DSQ, which nothing consumes: it stays runnable (state R) but never runs, and
@@ -68,6 +72,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define KGMP_SCX_SLICE_NS (20ULL * 1000 * 1000)
 #define KGMP_SCX_PREEMPT_NS (10ULL * 1000 * 1000)
+#define KGMP_SCX_LOST_SLICE_NS (200ULL * 1000) /* a woken M that lost its P: time to park */
 #define KGMP_SCX_TIMER_NS (100ULL * 1000 * 1000)
 
 /* Set by the loader before load. */
@@ -250,6 +255,7 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 {
 	u64 head = bpf_core_enum_value(enum scx_enq_flags, SCX_ENQ_HEAD);
 	u64 last = bpf_core_enum_value(enum scx_enq_flags, SCX_ENQ_LAST);
+	u64 preempt = bpf_core_enum_value(enum scx_enq_flags, SCX_ENQ_PREEMPT);
 	struct kgmp_shared *s;
 	__u32 hp, pi, mp;
 	int slot;
@@ -305,7 +311,21 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 		return;
 	}
 	mp = READ_ONCE_U32(s->m[sidx(slot)].p);
-	if (mp != KGMP_NO_P) {
+	if (mp != KGMP_NO_P && mp < KGMP_MAX_PROCS &&
+	    KGMP_LEASE_HOLDER(READ_ONCE_U64(s->p[pidx(mp)].lease)) != (__u32)slot) {
+		/* Woken after its P was handed off (its slot still names the P until it notices).
+		 * It notices at its next runtime entry, usually microseconds away, and then parks as
+		 * the core's spare: run it now for one short slice (the tick ends it), so it parks
+		 * before the backstop creates another spare; if it has not parked by then, it waits
+		 * behind the P's new holder like any P-less M. */
+		if (enq_flags & SCX_ENQ_WAKEUP) {
+			dsq_insert(p, SCX_DSQ_LOCAL_ON | (__u64)cpu, KGMP_SCX_LOST_SLICE_NS,
+				   enq_flags | preempt);
+			CORE_INC(cpu, lost_wakeups);
+			return;
+		}
+		dsq_insert(p, KGMP_SCX_CORE_DSQ(cpu), KGMP_SCX_SLICE_NS, enq_flags);
+	} else if (mp != KGMP_NO_P) {
 		/* The P-holder: first on its core. */
 		dsq_insert(p, KGMP_SCX_CORE_DSQ(cpu), KGMP_SCX_SLICE_NS, enq_flags | head);
 		CORE_INC(cpu, holder_first);

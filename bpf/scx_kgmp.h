@@ -39,7 +39,8 @@ struct kgmp_scx_core {
 	__u64 preempt_reqs;  /* preemption flags raised (a G ran > 10 ms) */
 	__u64 dispatches;
 	__u64 last_ok_ns;    /* last ops.dispatch/running/tick here: ext tasks could run */
-	__u64 pad[7];
+	__u64 lost_wakeups;  /* Ms woken after their P was handed off, run at once to park */
+	__u64 pad[6];
 };
 
 /* Anomalies: each counted, never silently ignored. */

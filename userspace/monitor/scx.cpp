@@ -135,14 +135,16 @@ class ScxMonitor final : public Monitor {
       sum.holder_first += c.holder_first;
       sum.preempt_reqs += c.preempt_reqs;
       sum.dispatches += c.dispatches;
+      sum.lost_wakeups += c.lost_wakeups;
     }
     fprintf(stderr,
             "kgmp: scx stats: alive=%d blocks=%llu handoffs=%llu releases=%llu parks=%llu "
-            "holder_first=%llu dispatches=%llu ticks=%llu preempt_reqs=%llu setsched_failed=%ld "
+            "holder_first=%llu lost_wakeups=%llu dispatches=%llu ticks=%llu preempt_reqs=%llu setsched_failed=%ld "
             "anomalies=",
             alive_.load() ? 1 : 0, (unsigned long long)sum.blocks, (unsigned long long)sum.handoffs,
             (unsigned long long)sum.releases, (unsigned long long)sum.parks,
-            (unsigned long long)sum.holder_first, (unsigned long long)sum.dispatches,
+            (unsigned long long)sum.holder_first, (unsigned long long)sum.lost_wakeups,
+            (unsigned long long)sum.dispatches,
             (unsigned long long)sum.ticks, (unsigned long long)sum.preempt_reqs,
             setsched_failed_.load());
     for (int i = 0; i < KGMP_SCX_A_NR; i++)
