@@ -277,6 +277,7 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 		return;
 	}
 	cpu = scx_bpf_task_cpu(p);
+	CORE_INC(cpu, enqueues);
 
 	hp = READ_ONCE_U32(st.hold[sidx(slot)]);
 	if (hp) {
@@ -291,6 +292,7 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 			return;
 		}
 		/* Something is pending for it: let it run now, first on its core. */
+		CORE_INC(cpu, hold_run);
 		dsq_insert(p, SCX_DSQ_LOCAL, KGMP_SCX_SLICE_NS, enq_flags | head);
 		return;
 	}
@@ -333,6 +335,18 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 		dsq_insert(p, KGMP_SCX_CORE_DSQ(cpu), KGMP_SCX_SLICE_NS, enq_flags);
 	}
 	scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
+}
+
+/* sched_yield(): what the kernel does without ops.yield (the slice ends, the task goes back
+ * through ops.enqueue), made explicit and counted: a held watcher parks by yielding. */
+bool BPF_STRUCT_OPS(kgmp_yield, struct task_struct *from, struct task_struct *to)
+{
+	int slot = m_slot(from);
+
+	if (slot >= 0 && READ_ONCE_U32(st.hold[sidx(slot)]))
+		CORE_INC(bpf_get_smp_processor_id(), yields);
+	from->scx.slice = 0;
+	return false;
 }
 
 void BPF_STRUCT_OPS(kgmp_dispatch, s32 cpu, struct task_struct *prev)
@@ -542,6 +556,7 @@ struct sched_ext_ops kgmp_ops = {
 	.select_cpu = (void *)kgmp_select_cpu,
 	.enqueue = (void *)kgmp_enqueue,
 	.dispatch = (void *)kgmp_dispatch,
+	.yield = (void *)kgmp_yield,
 	.stopping = (void *)kgmp_stopping,
 	.running = (void *)kgmp_running,
 	.tick = (void *)kgmp_tick,

@@ -40,7 +40,10 @@ struct kgmp_scx_core {
 	__u64 dispatches;
 	__u64 last_ok_ns;    /* last ops.dispatch/running/tick here: ext tasks could run */
 	__u64 lost_wakeups;  /* Ms woken after their P was handed off, run at once to park */
-	__u64 pad[6];
+	__u64 hold_run;      /* enqueues of a watcher with a release already pending: run it */
+	__u64 yields;        /* ops.yield of a held watcher */
+	__u64 enqueues;      /* ops.enqueue of an M */
+	__u64 pad[3];
 };
 
 /* Anomalies: each counted, never silently ignored. */
@@ -52,7 +55,8 @@ enum kgmp_scx_anomaly {
 	KGMP_SCX_A_DSQ_CREATE,    /* scx_bpf_create_dsq failed in init */
 	KGMP_SCX_A_RELEASE_EMPTY, /* a release found the park DSQ empty (watcher still running) */
 	KGMP_SCX_A_NO_G,          /* ops.tick of an M whose G is not published (curg == 0) */
-	KGMP_SCX_A_FOREIGN,       /* a SCHED_EXT task that is not one of our Ms */
+	KGMP_SCX_A_FOREIGN,       /* a SCHED_EXT task that is not (yet) an M: a new M before it
+	                           * registers, a thread G code created (it inherits SCHED_EXT) */
 	KGMP_SCX_A_TIMER,         /* the cycling timer could not be set up */
 	KGMP_SCX_A_NR
 };

@@ -136,14 +136,19 @@ class ScxMonitor final : public Monitor {
       sum.preempt_reqs += c.preempt_reqs;
       sum.dispatches += c.dispatches;
       sum.lost_wakeups += c.lost_wakeups;
+      sum.hold_run += c.hold_run;
+      sum.yields += c.yields;
+      sum.enqueues += c.enqueues;
     }
     fprintf(stderr,
             "kgmp: scx stats: alive=%d blocks=%llu handoffs=%llu releases=%llu parks=%llu "
-            "holder_first=%llu lost_wakeups=%llu dispatches=%llu ticks=%llu preempt_reqs=%llu setsched_failed=%ld "
+            "holder_first=%llu lost_wakeups=%llu hold_run=%llu yields=%llu enqueues=%llu dispatches=%llu ticks=%llu preempt_reqs=%llu setsched_failed=%ld "
             "anomalies=",
             alive_.load() ? 1 : 0, (unsigned long long)sum.blocks, (unsigned long long)sum.handoffs,
             (unsigned long long)sum.releases, (unsigned long long)sum.parks,
             (unsigned long long)sum.holder_first, (unsigned long long)sum.lost_wakeups,
+            (unsigned long long)sum.hold_run, (unsigned long long)sum.yields,
+            (unsigned long long)sum.enqueues,
             (unsigned long long)sum.dispatches,
             (unsigned long long)sum.ticks, (unsigned long long)sum.preempt_reqs,
             setsched_failed_.load());
