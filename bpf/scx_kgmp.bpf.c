@@ -72,7 +72,7 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define KGMP_SCX_SLICE_NS (20ULL * 1000 * 1000)
 #define KGMP_SCX_PREEMPT_NS (10ULL * 1000 * 1000)
-#define KGMP_SCX_LOST_SLICE_NS (200ULL * 1000) /* a woken M that lost its P: time to park */
+#define KGMP_SCX_LOST_SLICE_NS (1000ULL * 1000) /* a woken M that lost its P: time to park */
 #define KGMP_SCX_TIMER_NS (100ULL * 1000 * 1000)
 
 /* Set by the loader before load. */
@@ -291,7 +291,8 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 			CORE_INC(cpu, parks);
 			return;
 		}
-		/* Something is pending for it: let it run now, first on its core. */
+		/* Something is pending for it: let it run now, first on its core. (A watcher queued
+		 * behind the holder when the holder blocked: still the scheduler's hand-off.) */
 		CORE_INC(cpu, hold_run);
 		dsq_insert(p, SCX_DSQ_LOCAL, KGMP_SCX_SLICE_NS, enq_flags | head);
 		return;
@@ -351,7 +352,8 @@ bool BPF_STRUCT_OPS(kgmp_yield, struct task_struct *from, struct task_struct *to
 
 void BPF_STRUCT_OPS(kgmp_dispatch, s32 cpu, struct task_struct *prev)
 {
-	__u32 pp, pi;
+	__u32 pp, pi = 0;
+	bool queued_spare = false;
 
 	maybe_test_error();
 	CORE_INC(cpu, dispatches);
@@ -372,11 +374,20 @@ void BPF_STRUCT_OPS(kgmp_dispatch, s32 cpu, struct task_struct *prev)
 					/* The watcher is not parked (it runs, or is queued on its core):
 					 * it sees handoff_lease itself. Leave pending for its enqueue. */
 					anomaly(KGMP_SCX_A_RELEASE_EMPTY);
+					queued_spare = READ_ONCE_U32(st.pending[pidx(pi)]) == KGMP_SCX_REL_BLOCK;
 				}
 			}
 		}
-		if (dsq_move_to_local(KGMP_SCX_CORE_DSQ(cpu)))
+		if (dsq_move_to_local(KGMP_SCX_CORE_DSQ(cpu))) {
+			__u64 l = READ_ONCE_U64(st.handoff_lease[pidx(pi)]);
+
+			/* Once per block (dispatch may run several times while it is pending). */
+			if (queued_spare && l && READ_ONCE_U64(st.queued_counted[pidx(pi)]) != l) {
+				WRITE_ONCE_U64(st.queued_counted[pidx(pi)], l);
+				CORE_INC(cpu, handoffs_queued);
+			}
 			return;
+		}
 	}
 }
 

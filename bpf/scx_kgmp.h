@@ -43,7 +43,9 @@ struct kgmp_scx_core {
 	__u64 hold_run;      /* enqueues of a watcher with a release already pending: run it */
 	__u64 yields;        /* ops.yield of a held watcher */
 	__u64 enqueues;      /* ops.enqueue of an M */
-	__u64 pad[3];
+	__u64 handoffs_queued; /* the holder blocked with work while its spare was not parked yet
+	                        * (queued on the core): the spare was dispatched from the core DSQ */
+	__u64 pad[2];
 };
 
 /* Anomalies: each counted, never silently ignored. */
@@ -83,6 +85,7 @@ struct kgmp_scx_state {
 	/* bpf + user: why P p's parked watcher must be released (KGMP_SCX_REL_*), claimed by CAS */
 	__u32 pending[KGMP_MAX_PROCS];
 	__u64 park_ns[KGMP_MAX_PROCS]; /* bpf: when P p's watcher was parked last */
+	__u64 queued_counted[KGMP_MAX_PROCS]; /* bpf: the lease last counted as handoffs_queued */
 	/* bpf: a G of M slot s ran > 10 ms (the runtime may poll it at its safe points) */
 	__u32 preempt[KGMP_MAX_MS];
 	struct kgmp_scx_core core[KGMP_SCX_MAX_CPUS];

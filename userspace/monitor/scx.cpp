@@ -139,12 +139,14 @@ class ScxMonitor final : public Monitor {
       sum.hold_run += c.hold_run;
       sum.yields += c.yields;
       sum.enqueues += c.enqueues;
+      sum.handoffs_queued += c.handoffs_queued;
     }
     fprintf(stderr,
-            "kgmp: scx stats: alive=%d blocks=%llu handoffs=%llu releases=%llu parks=%llu "
+            "kgmp: scx stats: alive=%d blocks=%llu handoffs=%llu handoffs_queued=%llu releases=%llu parks=%llu "
             "holder_first=%llu lost_wakeups=%llu hold_run=%llu yields=%llu enqueues=%llu dispatches=%llu ticks=%llu preempt_reqs=%llu setsched_failed=%ld "
             "anomalies=",
             alive_.load() ? 1 : 0, (unsigned long long)sum.blocks, (unsigned long long)sum.handoffs,
+            (unsigned long long)sum.handoffs_queued,
             (unsigned long long)sum.releases, (unsigned long long)sum.parks,
             (unsigned long long)sum.holder_first, (unsigned long long)sum.lost_wakeups,
             (unsigned long long)sum.hold_run, (unsigned long long)sum.yields,
