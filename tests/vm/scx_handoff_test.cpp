@@ -4,4 +4,6 @@
 // process, and they fail instead of skipping under KGMP_REQUIRE_SCX=1 (the VM's /init).
 #define KGMP_HANDOFF_MONITOR "scx"
 #define KGMP_HANDOFF_REQUIRE "KGMP_REQUIRE_SCX"
+// Its own test names (ctest would otherwise list two TraceHandoff.* sets).
+#define TraceHandoff ScxTraceHandoff
 #include "../bpf/handoff_test.cpp"
