@@ -29,9 +29,10 @@
  *     BPF timer every KGMP_SCX_TIMER_NS releases (REL_CYCLE) any watcher parked longer than
  *     hold_ns (a fraction of timeout_ms): it runs, finds no event, yields and is parked again.
  *   - Starvation: partial mode runs SCHED_EXT tasks only when CFS has nothing to run on the
- *     CPU. The same timer flags (st.starved) a CPU whose Ms have waited starve_ns (timeout/2)
- *     while the CPU never turned to sched_ext; user space then leaves scx for trace before
- *     the watchdog ejects us (it cannot make CFS yield, and neither can we).
+ *     CPU. The same timer flags (st.starved) a CPU whose Ms have waited starve_ns
+ *     (min(timeout/2, 2.5 s)) while the CPU never turned to sched_ext; user space then
+ *     leaves scx for trace before the watchdog ejects us (it cannot make CFS yield, and
+ *     neither can we).
  *   - ops.tick publishes per-core counters and raises preempt[slot] for a G that has run more
  *     than 10 ms (curg/g_start_ns of the M's slot; while the runtime does not publish them the
  *     tick is counted as KGMP_SCX_A_NO_G and skipped).

@@ -30,9 +30,9 @@
 //
 // Starvation: partial mode runs SCHED_EXT tasks only when CFS has nothing to run on the CPU.
 // Under a CFS hog the Ms would wait until the watchdog ejects the scheduler (a "runnable task
-// stall", dmesg noise and a 5 s freeze). The program flags a CPU whose Ms waited starve_ns
-// (timeout/2) without the CPU ever turning to sched_ext; the ejection thread then leaves scx
-// for trace by itself ("kgmp: scx scheduler left (...)"), before the watchdog would.
+// stall", dmesg noise and a freeze). The program flags a CPU whose Ms waited starve_ns
+// (min(timeout/2, 2.5 s)) without the CPU ever turning to sched_ext; the ejection thread
+// leaves scx for trace by itself ("kgmp: scx scheduler left (...)"), before the watchdog would.
 //
 // Rejected: a separate scx-only watcher protocol in sched.cpp (the watcher protocol of trace
 // fits: only watch() differs); polling /sys/kernel/sched_ext/state alone (it cannot tell our
@@ -72,6 +72,11 @@ namespace {
 
 constexpr int kSchedExt = 7;  // SCHED_EXT (not in glibc's headers)
 constexpr int kPollMs = 20;
+// The sched_ext watchdog's timeout (KGMP_SCX_TIMEOUT_MS overrides). Generous: the kernel also
+// ejects the scheduler when its own watchdog work (a CFS kworker) is late by this much, which
+// a loaded machine (or a TCG guest on a shared host: 5 s was hit) can cause; our own
+// protections (spare cycling, starvation) do not depend on it.
+constexpr unsigned kTimeoutMs = 20000;
 
 unsigned env_unsigned(const char* name, unsigned dflt) {
   const char* e = std::getenv(name);
@@ -291,7 +296,7 @@ absl::StatusOr<std::unique_ptr<Monitor>> make_scx_monitor(int nprocs, const int*
     return absl::Status(trace.status().code(),
                         "the trace monitor beneath it failed: " + std::string(trace.status().message()));
   absl::StatusOr<std::unique_ptr<ScxBpf>> scx =
-      ScxBpf::open(nprocs, cpus, shared_fd, tids_fd, env_unsigned("KGMP_SCX_TIMEOUT_MS", 5000),
+      ScxBpf::open(nprocs, cpus, shared_fd, tids_fd, env_unsigned("KGMP_SCX_TIMEOUT_MS", kTimeoutMs),
                    env_unsigned("KGMP_SCX_TEST_ERROR_MS", 0));
   if (!scx.ok()) return scx.status();
   auto mon = std::make_unique<ScxMonitor>(std::move(*trace), std::move(*scx), nprocs);

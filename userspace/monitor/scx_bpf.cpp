@@ -13,6 +13,7 @@
 #include <errno.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <ctime>
@@ -84,8 +85,13 @@ absl::StatusOr<std::unique_ptr<ScxBpf>> ScxBpf::open(int nprocs, const int* cpu_
   b->skel_->rodata->target_tgid = static_cast<__u32>(getpid());
   b->skel_->rodata->nr_cpus = static_cast<__u32>(ncpu);
   b->skel_->rodata->nprocs = static_cast<__u32>(nprocs);
-  b->skel_->rodata->hold_ns = static_cast<__u64>(timeout_ms) * 1000000ull / 5;
-  b->skel_->rodata->starve_ns = static_cast<__u64>(timeout_ms) * 1000000ull / 2;
+  // Starvation is reported after min(timeout/2, 2.5 s); a parked spare is cycled at least
+  // twice as often (an idle CPU with a parked spare only turns to sched_ext at a cycle, which
+  // must not look like starvation), and well within the watchdog's timeout.
+  const __u64 timeout_ns = static_cast<__u64>(timeout_ms) * 1000000ull;
+  const __u64 starve_ns = std::min<__u64>(timeout_ns / 2, 2500000000ull);
+  b->skel_->rodata->starve_ns = starve_ns;
+  b->skel_->rodata->hold_ns = std::min<__u64>(timeout_ns / 5, starve_ns / 2);
   b->skel_->struct_ops.kgmp_ops->timeout_ms = timeout_ms;
   if (int err = bpf_map__reuse_fd(b->skel_->maps.kgmp_shared, shared_fd); err != 0)
     return absl::InternalError(

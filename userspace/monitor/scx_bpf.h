@@ -29,7 +29,8 @@ namespace kgmp::internal {
 class ScxBpf {
  public:
   // cpu_of_p[i]: the CPU of P i (nprocs entries). shared_fd/tids_fd: the trace object's maps.
-  // timeout_ms: the sched_ext watchdog (1..30000); parked spares are cycled at a fifth of it.
+  // timeout_ms: the sched_ext watchdog (100..30000); starvation is reported after
+  // min(timeout/2, 2.5 s) and parked spares are cycled at min(timeout/5, that/2).
   // test_error_ms > 0 (tests only): the program calls scx_bpf_error that long after attach.
   static absl::StatusOr<std::unique_ptr<ScxBpf>> open(int nprocs, const int* cpu_of_p,
                                                       int shared_fd, int tids_fd,
