@@ -175,10 +175,12 @@ int bench_handoff(const std::string& monitors, const std::string& quiet, int tri
   }
   if (trials <= 0) trials = quiet == "hot" ? 1000 : 200;
   std::vector<std::string> list;
-  for (std::string m : {"trace", "poll", "floor"})
-    if (monitors == "all" || monitors == m) list.push_back(m);
+  // scx is part of "all" only where sched_ext exists (vm-test/run boots such a kernel).
+  const bool have_scx = access("/sys/kernel/sched_ext", F_OK) == 0;
+  for (std::string m : {"scx", "trace", "poll", "floor"})
+    if ((monitors == "all" && (m != "scx" || have_scx)) || monitors == m) list.push_back(m);
   if (list.empty()) {
-    fprintf(stderr, "kgmp-bench handoff: --monitor must be trace, poll, floor or all\n");
+    fprintf(stderr, "kgmp-bench handoff: --monitor must be scx, trace, poll, floor or all\n");
     return 2;
   }
   for (const std::string& m : list)

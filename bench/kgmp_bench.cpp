@@ -32,7 +32,7 @@
 ABSL_FLAG(int, procs, 0, "number of Ps (0: every CPU of the affinity mask)");
 ABSL_FLAG(int, reps, 5, "repetitions; the RESULT line holds their median, min and max");
 ABSL_FLAG(bool, verbose, false, "after each repetition, print the runtime's accounting to stderr");
-ABSL_FLAG(std::string, monitor, "all", "handoff, idle: the monitor(s) to measure (trace, poll, floor, all)");
+ABSL_FLAG(std::string, monitor, "all", "handoff, idle: the monitor(s) to measure (scx, trace, poll, floor, all)");
 ABSL_FLAG(std::string, quiet, "hot", "handoff: the quiet period before each trial (hot, compute, idle)");
 ABSL_FLAG(int, trials, 0, "handoff: trials (0: 1000 for hot, 200 for compute and idle)");
 ABSL_FLAG(int, seconds, 10, "idle: how long the runtime sits with every goroutine blocked");
@@ -361,7 +361,7 @@ int main(int argc, char** argv) {
   std::string usage = "kgmp-bench CASE [--procs N] [--reps R]\n\ncases:\n";
   for (const Case& c : cases()) usage += absl::StrFormat("  %-16s %s\n", c.name, c.help);
   usage +=
-      "  handoff          P stuck behind a blocked M, one P: --monitor trace|poll|floor|all "
+      "  handoff          P stuck behind a blocked M, one P: --monitor scx|trace|poll|floor|all "
       "--quiet hot|compute|idle [--trials N] (p50_us p90_us p99_us max_us)\n"
       "  idle             every G blocked for --seconds: context switches and CPU of the process\n"
       "  switch-cost      another process's pipe ping-pong, trace program detached vs attached\n";

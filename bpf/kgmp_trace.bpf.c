@@ -291,7 +291,10 @@ static __always_inline int m_switched_out(bool preempt, struct task_struct *prev
 	ev.p = p;
 	ev.lease = lease;
 	ev.ts_ns = now;
-	if (bpf_ringbuf_output(ring, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP))
+	/* Under scx_kgmp the scheduler itself dispatches the held watcher; the event is only
+	 * a second source it reads without sleeping: skip the wakeup (a self-IPI). */
+	if (bpf_ringbuf_output(ring, &ev, sizeof(ev),
+			       READ_ONCE_U32(s->hdr.scx_active) ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP))
 		__sync_fetch_and_add(&s->hdr.dropped, 1);
 	else
 		__sync_fetch_and_add(&s->hdr.events, 1);

@@ -40,7 +40,9 @@ struct kgmp_hdr {
   __u32 nprocs;
   __u32 nglobal;          /* Gs on the global run queue (or waiting for a P) */
   __u64 register_failed;  /* runtime: Ms it could not register with BPF (watched by polling) */
-  __u64 rt_pad[6];
+  __u32 scx_active;       /* runtime: scx_kgmp hands off; block events need no wakeup */
+  __u32 rt_pad32;
+  __u64 rt_pad[5];
   __u64 events;           /* BPF: block events submitted */
   __u64 dropped;          /* BPF: block events lost (ring buffer full, or no ring) */
   __u64 not_m;            /* BPF: switches of tasks of this process that are not registered Ms */

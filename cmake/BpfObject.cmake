@@ -45,6 +45,19 @@ if(CMAKE_SCRIPT_MODE_FILE)
       file(REMOVE "${OUT}.tmp")
       message(FATAL_ERROR "bpftool gen skeleton ${OBJ} failed (${rc}): ${err}")
     endif()
+    # bpftool >= 7.5 emits `map->link = ...` for struct_ops maps; libbpf < 1.5's
+    # struct bpf_map_skeleton has no such member. Dropping the line only disables the
+    # skeleton's auto-attach of struct_ops, which kgmp never uses (it attaches explicitly).
+    if(LIBBPF_H)
+      file(READ "${LIBBPF_H}" libbpf_h)
+      string(REGEX MATCH "struct bpf_map_skeleton {[^}]*}" mapskel "${libbpf_h}")
+      if(NOT mapskel MATCHES "link;")
+        file(STRINGS "${OUT}.tmp" lines)
+        file(READ "${OUT}.tmp" text)
+        string(REGEX REPLACE "\n[^\n]*map->link = [^\n]*" "" text "${text}")
+        file(WRITE "${OUT}.tmp" "${text}")
+      endif()
+    endif()
     file(COPY_FILE "${OUT}.tmp" "${OUT}" ONLY_IF_DIFFERENT)
     file(REMOVE "${OUT}.tmp")
   else()
@@ -156,20 +169,22 @@ endif()
 
 set(_KGMP_BPF_OBJECT_CMAKE "${CMAKE_CURRENT_LIST_FILE}")
 
-# kgmp_bpf_object(NAME SOURCE [HEADER_DEPS...])
+# kgmp_bpf_object(NAME SOURCE [VMLINUX_H FILE] [HEADER_DEPS...])
 #   Builds SOURCE (a .bpf.c) into ${NAME}.bpf.o and the skeleton ${NAME}.skel.h (struct NAME,
 #   NAME__open(), ...) and creates the INTERFACE target ${NAME}_skel whose include directory
 #   holds the skeleton. The .bpf.c sees the generated vmlinux.h, SOURCE's own directory (for
-#   its shared header) and libbpf's headers. HEADER_DEPS are extra dependencies (clang's
+#   its shared header) and libbpf's headers; VMLINUX_H FILE uses that vmlinux.h instead of
+#   the build machine's (scx_kgmp needs a sched_ext kernel's types). HEADER_DEPS are extra dependencies (clang's
 #   depfile tracks the included headers too).
 function(kgmp_bpf_object name source)
   if(NOT KGMP_HAVE_BPF)
     message(FATAL_ERROR "kgmp_bpf_object(${name}): KGMP_HAVE_BPF is OFF; guard the call")
   endif()
+  cmake_parse_arguments(ARG "" "VMLINUX_H" "" ${ARGN})
   get_filename_component(source "${source}" ABSOLUTE)
   get_filename_component(srcdir "${source}" DIRECTORY)
   set(deps "")
-  foreach(h IN LISTS ARGN)
+  foreach(h IN LISTS ARG_UNPARSED_ARGUMENTS)
     get_filename_component(h "${h}" ABSOLUTE)
     list(APPEND deps "${h}")
   endforeach()
@@ -179,7 +194,18 @@ function(kgmp_bpf_object name source)
   set(incdir "${CMAKE_CURRENT_BINARY_DIR}/bpf-include")
   set(vmlinux_h "${incdir}/vmlinux.h")
   get_property(have_vmlinux DIRECTORY PROPERTY KGMP_VMLINUX_H SET)
-  if(NOT have_vmlinux)
+  if(ARG_VMLINUX_H)
+    # A given vmlinux.h (another kernel's types, e.g. sched_ext's): its own include directory.
+    set(incdir "${CMAKE_CURRENT_BINARY_DIR}/${name}-include")
+    set(vmlinux_h "${incdir}/vmlinux.h")
+    file(MAKE_DIRECTORY "${incdir}")
+    add_custom_command(
+      OUTPUT "${vmlinux_h}"
+      COMMAND "${CMAKE_COMMAND}" -E copy_if_different "${ARG_VMLINUX_H}" "${vmlinux_h}"
+      DEPENDS "${ARG_VMLINUX_H}"
+      COMMENT "Copying ${ARG_VMLINUX_H} for ${name}"
+      VERBATIM)
+  elseif(NOT have_vmlinux)
     file(MAKE_DIRECTORY "${incdir}")
     add_custom_command(
       OUTPUT "${vmlinux_h}"
@@ -215,7 +241,8 @@ function(kgmp_bpf_object name source)
   add_custom_command(
     OUTPUT "${skel}"
     COMMAND "${CMAKE_COMMAND}" -DKGMP_BPF_STEP=skeleton "-DBPFTOOL=${KGMP_BPFTOOL}"
-            "-DOBJ=${obj}" "-DNAME=${name}" "-DOUT=${skel}" -P "${_KGMP_BPF_OBJECT_CMAKE}"
+            "-DOBJ=${obj}" "-DNAME=${name}" "-DOUT=${skel}"
+            "-DLIBBPF_H=${KGMP_LIBBPF_INCLUDE_DIR}/bpf/libbpf.h" -P "${_KGMP_BPF_OBJECT_CMAKE}"
     DEPENDS "${obj}" "${_KGMP_BPF_OBJECT_CMAKE}"
     COMMENT "Generating BPF skeleton ${name}.skel.h"
     VERBATIM)

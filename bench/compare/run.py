@@ -427,9 +427,16 @@ def report(args, argv, impls, outcomes, started, info, go_version, extra=()):
         lines += case_table(case, impls, outcomes[case], args.runs)
     lines += list(extra)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text("\n".join(lines).rstrip() + "\n")
+    # Sections written by other tools (bench/vm-handoff) follow VM_MARKER: keep them.
+    kept = ""
+    if args.out.exists():
+        old = args.out.read_text()
+        if VM_MARKER in old:
+            kept = "\n" + old[old.index(VM_MARKER):]
+    args.out.write_text("\n".join(lines).rstrip() + "\n" + kept)
 
 
+VM_MARKER = "<!-- bench/vm-handoff: kept by bench/compare/run -->"
 HANDOFF_RE = re.compile(r"^RESULT handoff monitor=(\S+) quiet=(\S+) p50_us=(\S+) p90_us=(\S+) "
                         r"p99_us=(\S+) max_us=(\S+) trials=(\d+)")
 IDLE_RE = re.compile(r"^RESULT idle monitor=(\S+) seconds=(\d+) context_switches=(-?\d+) "

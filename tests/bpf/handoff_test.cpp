@@ -28,10 +28,20 @@
 #include "export_test.h"
 #include "kgmp/kgmp.h"
 
+// The monitor under test: trace here; tests/vm/scx_handoff_test.cpp includes this file with
+// KGMP_HANDOFF_MONITOR "scx" and KGMP_HANDOFF_REQUIRE "KGMP_REQUIRE_SCX". Every run of the
+// process uses it (KGMP_MONITOR is set before any test), so auto never picks another one.
+#ifndef KGMP_HANDOFF_MONITOR
+#define KGMP_HANDOFF_MONITOR "trace"
+#define KGMP_HANDOFF_REQUIRE "KGMP_REQUIRE_BPF"
+#endif
+
 namespace {
 
+const bool kMonitorSet = (setenv("KGMP_MONITOR", KGMP_HANDOFF_MONITOR, 1), true);
+
 bool require_bpf() {
-  const char* e = std::getenv("KGMP_REQUIRE_BPF");
+  const char* e = std::getenv(KGMP_HANDOFF_REQUIRE);
   return e != nullptr && std::string(e) == "1";
 }
 
@@ -40,10 +50,10 @@ std::string trace_unavailable() {
   static std::string why = [] {
     if (geteuid() != 0) return std::string("not root (the trace monitor needs root or CAP_BPF+CAP_PERFMON)");
     std::string mon;
-    setenv("KGMP_MONITOR", "trace", 1);
+    (void)kMonitorSet;
     kgmp::run([&] { mon = kgmp::monitor(); }, kgmp::Config{.procs = 1});
-    unsetenv("KGMP_MONITOR");
-    return mon == "trace" ? std::string() : std::string("the trace monitor did not load (see the kgmp: monitor= line)");
+    return mon == KGMP_HANDOFF_MONITOR ? std::string()
+                                       : std::string("the " KGMP_HANDOFF_MONITOR " monitor did not load (see the kgmp: monitor= line)");
   }();
   return why;
 }
@@ -91,7 +101,7 @@ long progress_while_blocked(Block block, Release release) {
         done = true;
       },
       kgmp::Config{.procs = 1});
-  EXPECT_STREQ(mon, "trace");
+  EXPECT_STREQ(mon, KGMP_HANDOFF_MONITOR);
   auto st = kgmp::internal::last_run_stats();
   EXPECT_TRUE(kgmp::internal::accounted(st));
   return during.load();

@@ -228,7 +228,7 @@ TEST(MonitorConfig, BadMonitorName) {
   setenv("KGMP_MONITOR", "magic", 1);
   absl::Status s = kgmp::check_config();
   unsetenv("KGMP_MONITOR");
-  EXPECT_EQ(s.message(), "KGMP_MONITOR=\"magic\" is not a monitor; use auto, trace or poll, or unset it");
+  EXPECT_EQ(s.message(), "KGMP_MONITOR=\"magic\" is not a monitor; use auto, scx, trace or poll, or unset it");
 }
 
 TEST(MonitorConfig, BlockingOutsideTheRuntimeJustCalls) {

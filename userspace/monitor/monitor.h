@@ -7,7 +7,10 @@
 //   trace  bpf/kgmp_trace.bpf.c on tp_btf/sched_switch reports a block of an M whose lease is
 //          USER while its P has work, on that P's ring buffer; the core's watcher M, blocked on
 //          the ring, takes the P by CAS and runs it: one wakeup, no monitor thread in between.
-//   scx    (next) the project's sched_ext scheduler.
+//   scx    bpf/scx_kgmp.bpf.c, a sched_ext scheduler for the Ms only (partial mode): the core's
+//          watcher M is kept runnable but held by the scheduler and dispatched the moment the
+//          P-holder blocks (scx.cpp); trace runs beneath it as a hot standby, and takes over
+//          if the kernel ejects the scheduler.
 // Whatever the monitor, a P is only ever taken by CAS from a USER lease (handoff_p), so the
 // runtime's own code never loses its P mid-operation.
 #pragma once
@@ -64,6 +67,13 @@ struct Monitor {
 // dropped event, or no watcher on the core), and replaces missing watchers.
 std::unique_ptr<Monitor> make_poll_monitor(bool backstop = false);
 // Fails with a one-line reason (no privileges, no BTF, built without BPF, load failure).
-absl::StatusOr<std::unique_ptr<Monitor>> make_trace_monitor(int nprocs);
+// shared_fd/tids_fd, if given, receive the fds of its kgmp_shared and kgmp_tids maps (owned by
+// the monitor), for the scx monitor to share.
+absl::StatusOr<std::unique_ptr<Monitor>> make_trace_monitor(int nprocs, int* shared_fd = nullptr,
+                                                            int* tids_fd = nullptr);
+// The scx monitor on top of a trace monitor it creates: fails with a one-line reason (no
+// sched_ext, not root, another scheduler loaded, built without a sched_ext vmlinux.h, or any
+// reason trace fails). cpus: the CPU of each P.
+absl::StatusOr<std::unique_ptr<Monitor>> make_scx_monitor(int nprocs, const int* cpus);
 
 }  // namespace kgmp::internal

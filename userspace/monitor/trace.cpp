@@ -34,7 +34,7 @@
 namespace kgmp::internal {
 
 #ifndef KGMP_HAVE_BPF
-absl::StatusOr<std::unique_ptr<Monitor>> make_trace_monitor(int) {
+absl::StatusOr<std::unique_ptr<Monitor>> make_trace_monitor(int, int*, int*) {
   return absl::UnavailableError(
       "this build has no BPF support (cmake found no BTF, clang-19, bpftool >= 7.5 or libbpf >= 1.4)");
 }
@@ -102,10 +102,13 @@ class TraceMonitor final : public Monitor {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Monitor>> make_trace_monitor(int nprocs) {
+absl::StatusOr<std::unique_ptr<Monitor>> make_trace_monitor(int nprocs, int* shared_fd,
+                                                            int* tids_fd) {
   if (absl::Status v = check_libbpf_version(); !v.ok()) return v;
   absl::StatusOr<std::unique_ptr<TraceBpf>> bpf = TraceBpf::open(nprocs);
   if (!bpf.ok()) return bpf.status();
+  if (shared_fd != nullptr) *shared_fd = (*bpf)->shared_map_fd();
+  if (tids_fd != nullptr) *tids_fd = (*bpf)->tids_map_fd();
   std::vector<std::unique_ptr<TraceBpf::Ring>> rings;
   for (int p = 0; p < nprocs; p++) {
     absl::StatusOr<std::unique_ptr<TraceBpf::Ring>> r = (*bpf)->open_ring(p);

@@ -212,6 +212,8 @@ absl::Status check_libbpf_version() {
       libbpf_version_string()));
 }
 
+int TraceBpf::shared_map_fd() const { return bpf_map__fd(skel_->maps.kgmp_shared); }
+
 std::string TraceBpf::last_log() {
   std::lock_guard<std::mutex> g(g_log_mu);
   return g_last_log;

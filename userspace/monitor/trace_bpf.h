@@ -72,6 +72,10 @@ class TraceBpf {
   // The per-core telemetry counters (kgmp_cores, mmap'd read-only), valid until destruction.
   const kgmp_cores* cores() const { return cores_; }
   int nprocs() const { return nprocs_; }
+  // The fds of the kgmp_shared and kgmp_tids maps (owned by this object), for scx_kgmp to
+  // share them (bpf_map__reuse_fd dups them).
+  int shared_map_fd() const;
+  int tids_map_fd() const { return tids_fd_; }
 
   // kgmp_tids: tid -> M slot (slot < KGMP_MAX_MS). The runtime fills the slot's fields in
   // shared() itself (tid, p, cpu, ...).

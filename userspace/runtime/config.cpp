@@ -77,9 +77,9 @@ absl::StatusOr<Resolved> resolve_config(const Config& in) {
 
   if (const char* mon = std::getenv("KGMP_MONITOR"); mon != nullptr) {
     std::string m(mon);
-    if (m != "auto" && m != "trace" && m != "poll")
+    if (m != "auto" && m != "scx" && m != "trace" && m != "poll")
       return absl::InvalidArgumentError(absl::StrFormat(
-          "KGMP_MONITOR=\"%s\" is not a monitor; use auto, trace or poll, or unset it", m));
+          "KGMP_MONITOR=\"%s\" is not a monitor; use auto, scx, trace or poll, or unset it", m));
     r.monitor = m;
   }
 

@@ -12,7 +12,7 @@ namespace kgmp::internal {
 struct Resolved {
   Config cfg;             // procs filled in, stack_size rounded up to pages
   std::vector<int> cpus;  // CPU of P i, i < cfg.procs (the affinity mask's CPUs, in order)
-  std::string monitor = "auto";  // KGMP_MONITOR: auto, trace or poll
+  std::string monitor = "auto";  // KGMP_MONITOR: auto, scx, trace or poll
 };
 absl::StatusOr<Resolved> resolve_config(const Config& cfg);
 

@@ -1428,18 +1428,28 @@ static void teardown(M* m0, G* main_g) {
   t_m = nullptr;
 }
 
-// Picks the monitor (DESIGN §4): KGMP_MONITOR=trace|poll, or auto = trace if it loads, else
-// poll. A failure to load trace is never fatal: poll, and one log line saying why.
+// Picks the monitor (DESIGN §4): KGMP_MONITOR=scx|trace|poll, or auto = scx if it loads
+// (sched_ext present, root, built with it, no other scheduler loaded), else trace if it loads,
+// else poll. A failure is never fatal: the next one, and one log line saying why.
 static void choose_monitor(const std::string& want) {
   std::unique_ptr<Monitor> mon;
   std::string why;
-  if (want != "poll") {
+  if (want == "scx" || want == "auto") {
+    absl::StatusOr<std::unique_ptr<Monitor>> s = make_scx_monitor(sched->nprocs, sched->cpus.data());
+    if (s.ok())
+      mon = std::move(*s);
+    else if (want == "scx" || access("/sys/kernel/sched_ext", F_OK) == 0)
+      why = "scx unavailable: " + std::string(s.status().message());
+  }
+  if (mon == nullptr && want != "poll") {
     absl::StatusOr<std::unique_ptr<Monitor>> t = make_trace_monitor(sched->nprocs);
-    if (t.ok())
+    if (t.ok()) {
       mon = std::move(*t);
-    else
-      why = "trace unavailable: " + std::string(t.status().message());
-  } else {
+      if (!why.empty()) mon->reason += "; " + why;
+    } else {
+      why += (why.empty() ? "" : "; ") + ("trace unavailable: " + std::string(t.status().message()));
+    }
+  } else if (mon == nullptr) {
     why = "KGMP_MONITOR=poll";
   }
   if (mon == nullptr) {

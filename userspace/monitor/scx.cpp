@@ -1,0 +1,308 @@
+// scx.cpp — the scx monitor (DESIGN §4): the project's sched_ext scheduler holds each core's
+// spare M runnable and dispatches it the moment the P-holder blocks: a hand-off costs one
+// context switch.
+//
+// What: ScxMonitor = a trace monitor (kgmp_trace attached, its polling backstop, its per-P
+// rings) + scx_kgmp (scx_bpf.h) attached on top, sharing trace's maps. Every M switches itself
+// to SCHED_EXT when it registers (partial mode: nothing else of the machine is affected).
+// A watcher M (one per P, as under trace) does not sleep on the ring: it sets hold[slot] = p+1
+// and calls sched_yield(); the scheduler parks it in P p's park DSQ (runnable, not running,
+// the core may halt). When the P-holder blocks with work pending, ops.stopping records the
+// lease word and ops.dispatch on the same CPU moves the watcher to run next; it reads the
+// word (handoff_lease[p], xchg) and CASes the lease (handoff_p in sched.cpp).
+//
+// Invariants:
+//   - As under trace: a P is taken only by a CAS from the exact USER lease word BPF saw; the
+//     BPF side never writes a lease.
+//   - A watcher is held only while it waits without a deadline (timeout_ms < 0). With a timer
+//     pending it waits on the ring like trace (the scheduler's cycling period, timeout/5, is
+//     far coarser than timers need).
+//   - hold[slot] is cleared before watch() returns, so an M that is no longer a watcher is
+//     never parked.
+//
+// Ejection (watchdog, scx_bpf_error, sysrq-S, unregistration by anyone): ops.exit fills the
+// exit record; the ejection thread sees exit.kind != 0 within kPollMs, logs
+// "kgmp: scx scheduler ejected (<reason>); continuing on trace", clears alive_ (watchers then
+// wait on their rings: trace), re-enables ring wakeups, switches the Ms back to SCHED_OTHER and
+// destroys the link. No G is lost: the kernel moves every SCHED_EXT task back to CFS, so a
+// held watcher runs at once, and the trace backstop covers any block seen by neither side in
+// the window.
+//
+// Starvation: partial mode runs SCHED_EXT tasks only when CFS has nothing to run on the CPU.
+// Under a CFS hog the Ms would wait until the watchdog ejects the scheduler (a "runnable task
+// stall", dmesg noise and a freeze). The program flags a CPU whose Ms waited starve_ns
+// (min(timeout/2, 2.5 s)) without the CPU ever turning to sched_ext; the ejection thread
+// leaves scx for trace by itself ("kgmp: scx scheduler left (...)"), before the watchdog would.
+//
+// Rejected: a separate scx-only watcher protocol in sched.cpp (the watcher protocol of trace
+// fits: only watch() differs); polling /sys/kernel/sched_ext/state alone (it cannot tell our
+// exit from another scheduler's, and has no reason); epoll on the link fd (needs a newer
+// kernel than 6.12 for struct_ops links [memory]; polling every 20 ms costs nothing).
+#include <sched.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "monitor.h"
+#include "sched.h"
+
+#ifdef KGMP_HAVE_SCX
+#include "scx_bpf.h"
+#endif
+
+namespace kgmp::internal {
+
+#ifndef KGMP_HAVE_SCX
+absl::StatusOr<std::unique_ptr<Monitor>> make_scx_monitor(int, const int*) {
+  return absl::UnavailableError(
+      "this build has no scx monitor (configure with -DKGMP_SCX_VMLINUX_H=<vmlinux.h of a "
+      "sched_ext kernel>; vm-test/run does)");
+}
+#else
+namespace {
+
+constexpr int kSchedExt = 7;  // SCHED_EXT (not in glibc's headers)
+constexpr int kPollMs = 20;
+// The sched_ext watchdog's timeout (KGMP_SCX_TIMEOUT_MS overrides). Generous: the kernel also
+// ejects the scheduler when its own watchdog work (a CFS kworker) is late by this much, which
+// a loaded machine (or a TCG guest on a shared host: 5 s was hit) can cause; our own
+// protections (spare cycling, starvation) do not depend on it.
+constexpr unsigned kTimeoutMs = 20000;
+
+unsigned env_unsigned(const char* name, unsigned dflt) {
+  const char* e = std::getenv(name);
+  if (e == nullptr || *e == '\0') return dflt;
+  char* end = nullptr;
+  unsigned long v = std::strtoul(e, &end, 10);
+  return end != nullptr && *end == '\0' ? static_cast<unsigned>(v) : dflt;
+}
+
+class ScxMonitor final : public Monitor {
+ public:
+  ScxMonitor(std::unique_ptr<Monitor> trace, std::unique_ptr<ScxBpf> scx, int nprocs)
+      : trace_(std::move(trace)), scx_(std::move(scx)), nprocs_(nprocs) {
+    std::atomic_ref<__u32>(shared()->hdr.scx_active).store(1, std::memory_order_release);
+    // Started here, not in start(): run() calls start() on M0 after M0 switched to SCHED_EXT,
+    // and a starved M0 would never start the thread that notices the starvation.
+    ejection_ = std::thread([this] { ejection_loop(); });
+  }
+
+  ~ScxMonitor() override {
+    stop_ejection_thread();
+    scx_.reset();
+  }
+
+  const char* name() const override {
+    return alive_.load(std::memory_order_acquire) ? "scx" : "trace";
+  }
+  kgmp_shared* shared() override { return trace_->shared(); }
+
+  // Caller: M0, already SCHED_EXT. SCHED_RESET_ON_FORK resets only RT/DL policies, so a
+  // thread M0 creates would be SCHED_EXT too: start trace's threads (the backstop poller) from
+  // CFS. (Threads that G code creates do inherit SCHED_EXT; the scheduler runs them from the
+  // global DSQ and counts them as KGMP_SCX_A_FOREIGN.)
+  void start() override {
+    sched_param sp{};
+    bool ext = sched_getscheduler(0) == kSchedExt;
+    if (ext) (void)sched_setscheduler(0, SCHED_OTHER, &sp);
+    trace_->start();
+    if (ext && alive_.load(std::memory_order_acquire))
+      (void)sched_setscheduler(0, kSchedExt, &sp);
+  }
+
+  void stop() override {
+    stop_ejection_thread();
+    if (const char* e = std::getenv("KGMP_SCX_STATS"); e != nullptr && *e == '1') print_stats();
+    retire("");
+    trace_->stop();
+  }
+
+  // KGMP_SCX_STATS=1: one line of the scheduler's counters (summed over CPUs) and anomalies at
+  // stop, for tests and benchmarks to see what the scheduler did.
+  void print_stats() {
+    const kgmp_scx_state* st = scx_->state();
+    kgmp_scx_core sum{};
+    for (const kgmp_scx_core& c : st->core) {
+      sum.ticks += c.ticks;
+      sum.blocks += c.blocks;
+      sum.releases += c.releases;
+      sum.handoffs += c.handoffs;
+      sum.parks += c.parks;
+      sum.holder_first += c.holder_first;
+      sum.preempt_reqs += c.preempt_reqs;
+      sum.dispatches += c.dispatches;
+      sum.lost_wakeups += c.lost_wakeups;
+      sum.hold_run += c.hold_run;
+      sum.yields += c.yields;
+      sum.enqueues += c.enqueues;
+      sum.handoffs_queued += c.handoffs_queued;
+    }
+    fprintf(stderr,
+            "kgmp: scx stats: alive=%d blocks=%llu handoffs=%llu handoffs_queued=%llu releases=%llu parks=%llu "
+            "holder_first=%llu lost_wakeups=%llu hold_run=%llu yields=%llu enqueues=%llu dispatches=%llu ticks=%llu preempt_reqs=%llu setsched_failed=%ld "
+            "anomalies=",
+            alive_.load() ? 1 : 0, (unsigned long long)sum.blocks, (unsigned long long)sum.handoffs,
+            (unsigned long long)sum.handoffs_queued,
+            (unsigned long long)sum.releases, (unsigned long long)sum.parks,
+            (unsigned long long)sum.holder_first, (unsigned long long)sum.lost_wakeups,
+            (unsigned long long)sum.hold_run, (unsigned long long)sum.yields,
+            (unsigned long long)sum.enqueues,
+            (unsigned long long)sum.dispatches,
+            (unsigned long long)sum.ticks, (unsigned long long)sum.preempt_reqs,
+            setsched_failed_.load());
+    for (int i = 0; i < KGMP_SCX_A_NR; i++)
+      fprintf(stderr, "%s%llu", i ? "," : "", (unsigned long long)st->anomalies[i]);
+    fprintf(stderr, " last_foreign_tid=%u pid=%d\n", st->last_foreign_tid, getpid());
+  }
+
+  void enter_blocking(M* m) override { trace_->enter_blocking(m); }
+  bool eager_blocking() const override { return true; }
+  void kick() override { trace_->kick(); }
+
+  // Caller: the new M, on its own thread (m_init_thread).
+  void register_m(M* m) override {
+    trace_->register_m(m);
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      tids_.push_back(m->tid);
+    }
+    if (alive_.load(std::memory_order_acquire)) {
+      sched_param sp{};
+      if (sched_setscheduler(0, kSchedExt, &sp) != 0)
+        setsched_failed_.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  void unregister_m(M* m) override { trace_->unregister_m(m); }
+
+  bool has_watchers() const override { return true; }
+
+  // Caller: the watcher M of P p, on its own thread.
+  int watch(int p, std::uint64_t* lease, int timeout_ms) override {
+    M* m = getm();
+    if (timeout_ms >= 0 || m == nullptr || m->id >= KGMP_MAX_MS ||
+        !alive_.load(std::memory_order_acquire))
+      return trace_->watch(p, lease, timeout_ms);
+    kgmp_scx_state* st = scx_->state();
+    std::atomic_ref<__u32> hold(st->hold[m->id]);
+    std::atomic_ref<__u64> ev(st->handoff_lease[p]);
+    hold.store(static_cast<__u32>(p + 1), std::memory_order_seq_cst);
+    int r = 0;
+    for (;;) {
+      if (__u64 l = ev.exchange(0, std::memory_order_acq_rel); l != 0) {
+        *lease = l;
+        r = 1;
+        break;
+      }
+      // The ring: a second source of the same event, and wake_watcher's eventfd.
+      if ((r = trace_->watch(p, lease, 0)) != 0) break;
+      if (!alive_.load(std::memory_order_acquire)) break;
+      sched_yield();  // parked by the scheduler until released
+    }
+    hold.store(0, std::memory_order_release);
+    if (r != 0) return r;
+    return trace_->watch(p, lease, timeout_ms);  // ejected meanwhile: trace
+  }
+
+  void wake_watcher(int p) override {
+    trace_->wake_watcher(p);
+    if (alive_.load(std::memory_order_acquire)) (void)scx_->release(p);
+  }
+
+ private:
+  void stop_ejection_thread() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    if (ejection_.joinable()) ejection_.join();
+  }
+
+  void ejection_loop() {
+    // Not pinned to M0's CPU: it must run when that CPU is saturated (the starvation case).
+    sched_setaffinity(0, sizeof sched->saved_mask, &sched->saved_mask);
+    std::unique_lock<std::mutex> l(mu_);
+    while (!stopping_) {
+      cv_.wait_for(l, std::chrono::milliseconds(kPollMs));
+      if (stopping_) break;
+      kgmp_scx_state* st = scx_->state();
+      if (std::atomic_ref<__u64>(st->exit.kind).load(std::memory_order_acquire) != 0) {
+        l.unlock();
+        kgmp_scx_exit& ex = st->exit;
+        std::string reason(ex.reason, strnlen(ex.reason, sizeof ex.reason));
+        std::string msg(ex.msg, strnlen(ex.msg, sizeof ex.msg));
+        if (reason.empty()) reason = "unknown reason";
+        if (!msg.empty()) reason += ": " + msg;
+        retire("kgmp: scx scheduler ejected (" + reason + "); continuing on trace");
+        return;
+      }
+      if (__u32 c = std::atomic_ref<__u32>(st->starved).load(std::memory_order_acquire); c != 0) {
+        l.unlock();
+        retire("kgmp: scx scheduler left (the Ms of CPU " + std::to_string(c - 1) +
+               " waited too long: CFS tasks run before SCHED_EXT ones in partial mode, and the "
+               "watchdog would eject it); continuing on trace");
+        return;
+      }
+    }
+  }
+
+  // Leaves scx for trace, once: watchers wait on their rings again, ring wakeups resume, the
+  // Ms go back to SCHED_OTHER (before the link goes, so that none is left in a class below
+  // CFS), the scheduler is unregistered. line: logged if not empty.
+  void retire(const std::string& line) {
+    if (retired_.exchange(true)) return;
+    alive_.store(false, std::memory_order_release);
+    std::atomic_ref<__u32>(shared()->hdr.scx_active).store(0, std::memory_order_release);
+    if (!line.empty()) fprintf(stderr, "%s\n", line.c_str());
+    std::vector<pid_t> tids;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      tids = tids_;
+    }
+    sched_param sp{};
+    for (pid_t t : tids) (void)sched_setscheduler(t, SCHED_OTHER, &sp);
+    scx_->detach();
+    for (int p = 0; p < nprocs_; p++) trace_->wake_watcher(p);
+  }
+
+  std::unique_ptr<Monitor> trace_;
+  std::unique_ptr<ScxBpf> scx_;
+  int nprocs_;
+  std::atomic<bool> alive_{true};
+  std::atomic<bool> retired_{false};
+  std::atomic<long> setsched_failed_{0};
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stopping_ = false;      // guarded by mu_
+  std::vector<pid_t> tids_;    // guarded by mu_: every registered M's tid
+  std::thread ejection_;
+};
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Monitor>> make_scx_monitor(int nprocs, const int* cpus) {
+  int shared_fd = -1, tids_fd = -1;
+  absl::StatusOr<std::unique_ptr<Monitor>> trace = make_trace_monitor(nprocs, &shared_fd, &tids_fd);
+  if (!trace.ok())
+    return absl::Status(trace.status().code(),
+                        "the trace monitor beneath it failed: " + std::string(trace.status().message()));
+  absl::StatusOr<std::unique_ptr<ScxBpf>> scx =
+      ScxBpf::open(nprocs, cpus, shared_fd, tids_fd, env_unsigned("KGMP_SCX_TIMEOUT_MS", kTimeoutMs),
+                   env_unsigned("KGMP_SCX_TEST_ERROR_MS", 0));
+  if (!scx.ok()) return scx.status();
+  auto mon = std::make_unique<ScxMonitor>(std::move(*trace), std::move(*scx), nprocs);
+  mon->reason = "sched_ext scheduler scx_kgmp attached (partial mode), trace beneath it";
+  return mon;
+}
+#endif
+
+}  // namespace kgmp::internal
