@@ -52,9 +52,6 @@ struct Monitor {
   virtual bool has_watchers() const { return false; }
   virtual int watch(int p, std::uint64_t* lease, int timeout_ms) { return 0; }
   virtual void wake_watcher(int p) {}
-  // The kernel's time (CLOCK_MONOTONIC ns) of the block behind the last event watch(p)
-  // returned 1 for, or 0 if unknown: the start of the hand-off latency. Caller: P p's watcher.
-  virtual std::uint64_t last_event_ns(int p) const { return 0; }
   // Something changed that the polling backstop should look at now (a P left the idle list,
   // a watcher took its P). Cheap when nothing sleeps. Caller: any thread.
   virtual void kick() {}

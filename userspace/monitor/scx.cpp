@@ -105,6 +105,7 @@ class ScxMonitor final : public Monitor {
     return alive_.load(std::memory_order_acquire) ? "scx" : "trace";
   }
   kgmp_shared* shared() override { return trace_->shared(); }
+  const kgmp_cores* cores() const override { return trace_->cores(); }
 
   // Caller: M0, already SCHED_EXT. SCHED_RESET_ON_FORK resets only RT/DL policies, so a
   // thread M0 creates would be SCHED_EXT too: start trace's threads (the backstop poller) from

@@ -80,7 +80,6 @@ class TraceMonitor final : public Monitor {
       bool any = false;
       ring.consume([&](const kgmp_block_event& ev) {
         *lease = ev.lease;
-        last_ns_[static_cast<std::size_t>(p)] = ev.ts_ns;
         any = true;
       });
       if (any) return 1;
@@ -88,15 +87,10 @@ class TraceMonitor final : public Monitor {
   }
 
   void wake_watcher(int p) override { rings_[static_cast<std::size_t>(p)]->wake(); }
-  std::uint64_t last_event_ns(int p) const override {
-    return last_ns_[static_cast<std::size_t>(p)];
-  }
 
  private:
   std::unique_ptr<TraceBpf> bpf_;
   std::vector<std::unique_ptr<TraceBpf::Ring>> rings_;
-  // Per P: the switch time of the block behind the last event consumed (its watcher only).
-  std::vector<std::uint64_t> last_ns_ = std::vector<std::uint64_t>(KGMP_MAX_PROCS, 0);
   std::unique_ptr<Monitor> backstop_;
 };
 

@@ -396,9 +396,14 @@ static bool watch_for_p(M* m) {
         p->m = nullptr;
         if (counters_on) {
           p->c.handoffs_in.add();
-          // How long the P stood still: from the kernel's switch-out of its blocked M (the
-          // event's timestamp, same clock) to this CAS.
-          std::uint64_t ts = sched->monitor->last_event_ns(m->watch_p);
+          // How long the P stood still: from the kernel's switch-out of its blocked M (BPF's
+          // sched_switch stamp in that M's shared slot, the same clock under trace and scx)
+          // to this CAS.
+          std::uint32_t h = KGMP_LEASE_HOLDER(lease);
+          std::uint64_t ts =
+              h < KGMP_MAX_MS
+                  ? __atomic_load_n(&sched->shared->m[h].last_block_ns, __ATOMIC_ACQUIRE)
+                  : 0;
           std::int64_t now = nanotime();
           if (ts != 0 && static_cast<std::uint64_t>(now) >= ts)
             p->c.handoff_lat.add(static_cast<std::uint64_t>(now) - ts);
