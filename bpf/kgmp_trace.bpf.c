@@ -75,21 +75,7 @@ char LICENSE[] SEC("license") = "GPL";
 /* The process being watched (the runtime's getpid()), set through the skeleton before load. */
 const volatile __u32 target_tgid = 0;
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct kgmp_shared);
-} kgmp_shared SEC(".maps");
-
-/* tid -> M slot; written by user space only (register_m / unregister_m). */
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, KGMP_MAX_MS);
-	__type(key, __u32);
-	__type(value, __u32);
-} kgmp_tids SEC(".maps");
+#include "kgmp_maps.bpf.h"
 
 struct kgmp_ring {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

@@ -87,20 +87,7 @@ struct kgmp_scx_state st;
 
 /* The runtime's shared memory and tid -> M slot table: the loader makes these the very maps
  * of the loaded kgmp_trace object (same definitions as kgmp_trace.bpf.c). */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, 1);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__type(key, __u32);
-	__type(value, struct kgmp_shared);
-} kgmp_shared SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, KGMP_MAX_MS);
-	__type(key, __u32);
-	__type(value, __u32);
-} kgmp_tids SEC(".maps");
+#include "kgmp_maps.bpf.h"
 
 struct cycle_timer {
 	struct bpf_timer t;

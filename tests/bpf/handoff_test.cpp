@@ -25,6 +25,7 @@
 #include <string>
 #include <thread>
 
+#include "../unit/blocking_util.h"
 #include "export_test.h"
 #include "kgmp/kgmp.h"
 
@@ -40,90 +41,24 @@ namespace {
 
 const bool kMonitorSet = (setenv("KGMP_MONITOR", KGMP_HANDOFF_MONITOR, 1), true);
 
-bool require_bpf() {
-  const char* e = std::getenv(KGMP_HANDOFF_REQUIRE);
-  return e != nullptr && std::string(e) == "1";
-}
+bool require_bpf() { return kgmp_test::required(KGMP_HANDOFF_REQUIRE); }
 
-// Runs a tiny runtime to learn whether the trace monitor loads here, and why not.
+// Runs a tiny runtime to learn whether the monitor under test loads here, and why not.
 std::string trace_unavailable() {
-  static std::string why = [] {
-    if (geteuid() != 0) return std::string("not root (the trace monitor needs root or CAP_BPF+CAP_PERFMON)");
-    std::string mon;
-    (void)kMonitorSet;
-    kgmp::run([&] { mon = kgmp::monitor(); }, kgmp::Config{.procs = 1});
-    return mon == KGMP_HANDOFF_MONITOR ? std::string()
-                                       : std::string("the " KGMP_HANDOFF_MONITOR " monitor did not load (see the kgmp: monitor= line)");
-  }();
+  static std::string why = kgmp_test::monitor_unavailable(KGMP_HANDOFF_MONITOR);
   return why;
 }
 
-#define REQUIRE_TRACE()                                  \
-  do {                                                   \
-    std::string why = trace_unavailable();               \
-    if (!why.empty()) {                                  \
-      if (require_bpf()) FAIL() << why;                  \
-      GTEST_SKIP() << why;                               \
-    }                                                    \
-  } while (0)
+#define REQUIRE_TRACE() KGMP_SKIP_UNLESS(trace_unavailable(), KGMP_HANDOFF_REQUIRE)
 
-// The shape of every test below: with one P, G "blocker" blocks in the kernel without telling
-// the runtime; G "runner" counts how often it ran while the blocker was blocked, then releases
-// it. Without a hand-off the runner cannot run until the blocker returns.
+// The shape of every test below (blocking_util.h): with one P, G "blocker" blocks in the
+// kernel without telling the runtime; G "runner" counts how often it ran meanwhile.
 template <class Block, class Release>
 long progress_while_blocked(Block block, Release release) {
-  std::atomic<bool> blocked{false}, done{false}, finished{false};
-  std::atomic<long> during{0};
-  const char* mon = nullptr;
-  kgmp::run(
-      [&] {
-        mon = kgmp::monitor();
-        kgmp::WaitGroup wg;
-        wg.add(2);
-        kgmp::go([&] {
-          blocked = true;
-          block();
-          blocked = false;
-          finished = true;
-          wg.done();
-        });
-        kgmp::go([&] {
-          // (If the blocker never blocks, e.g. a file on tmpfs, it finishes first: stop waiting.)
-          while (!blocked && !finished) kgmp::yield();
-          for (int i = 0; i < 200 && blocked; i++) {
-            during++;
-            kgmp::yield();
-          }
-          release();
-          wg.done();
-        });
-        wg.wait();
-        done = true;
-      },
-      kgmp::Config{.procs = 1});
-  EXPECT_STREQ(mon, KGMP_HANDOFF_MONITOR);
-  auto st = kgmp::internal::last_run_stats();
-  EXPECT_TRUE(kgmp::internal::accounted(st));
-  return during.load();
+  return kgmp_test::progress_while_blocked(KGMP_HANDOFF_MONITOR, /*marked=*/false, block,
+                                           release);
 }
-
-// A safety net: if no hand-off happens the runner never runs, so release from a plain thread
-// after a while and let the assertion on `during` fail instead of hanging.
-struct Rescue {
-  std::function<void()> release;
-  std::atomic<bool> stop{false};
-  std::thread t;
-  explicit Rescue(std::function<void()> r) : release(std::move(r)) {
-    t = std::thread([this] {
-      for (int i = 0; i < 2000 && !stop; i++) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      if (!stop) release();
-    });
-  }
-  ~Rescue() {
-    stop = true;
-    t.join();
-  }
-};
+using kgmp_test::Rescue;
 
 TEST(TraceHandoff, UnmarkedPipeRead) {
   REQUIRE_TRACE();
@@ -158,19 +93,11 @@ TEST(TraceHandoff, UnmarkedNanosleep) {
 
 TEST(TraceHandoff, UnmarkedFutexWait) {
   REQUIRE_TRACE();
-  alignas(4) static std::uint32_t word;
-  word = 0;
-  auto release = [] {
-    __atomic_store_n(&word, 1u, __ATOMIC_SEQ_CST);
-    syscall(SYS_futex, &word, FUTEX_WAKE, 1, nullptr, nullptr, 0);
-  };
+  static kgmp_test::FutexGate gate;
+  gate.word = 0;
+  auto release = [] { gate.open(); };
   Rescue rescue(release);
-  long during = progress_while_blocked(
-      [] {
-        while (__atomic_load_n(&word, __ATOMIC_SEQ_CST) == 0)
-          syscall(SYS_futex, &word, FUTEX_WAIT, 0, nullptr, nullptr, 0);
-      },
-      release);
+  long during = progress_while_blocked([] { gate.wait(); }, release);
   EXPECT_GT(during, 0) << "the P was not handed off while the futex wait blocked";
 }
 
@@ -178,28 +105,11 @@ TEST(TraceHandoff, UnmarkedFutexWait) {
 // a fresh mapping with read-ahead off, so that each touched page blocks on the disk.
 TEST(TraceHandoff, MajorPageFaultsOnAFreshFileMapping) {
   REQUIRE_TRACE();
-  char path[] = "/var/tmp/kgmp-fault-XXXXXX";
-  int fd = mkstemp(path);
-  ASSERT_GE(fd, 0);
-  unlink(path);
-  constexpr std::size_t kBytes = 32u << 20;
-  std::string chunk(1 << 20, 'k');
-  for (std::size_t off = 0; off < kBytes; off += chunk.size())
-    ASSERT_EQ(write(fd, chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
-  ASSERT_EQ(fsync(fd), 0);
-  ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
-  auto* map = static_cast<volatile char*>(mmap(nullptr, kBytes, PROT_READ, MAP_SHARED, fd, 0));
-  ASSERT_NE(map, MAP_FAILED);
-  madvise(const_cast<char*>(map), kBytes, MADV_RANDOM);
+  kgmp_test::EvictedMapping file;
+  ASSERT_TRUE(file.ok());
   long sum = 0;
-  long during = progress_while_blocked(
-      [&] {
-        for (std::size_t off = 0; off < kBytes; off += 4096) sum += map[off];
-      },
-      [] {});
-  EXPECT_EQ(sum, static_cast<long>('k') * static_cast<long>(kBytes / 4096));
-  munmap(const_cast<char*>(map), kBytes);
-  close(fd);
+  long during = progress_while_blocked([&] { sum = file.touch_all(); }, [] {});
+  EXPECT_EQ(sum, kgmp_test::EvictedMapping::expected_sum());
   EXPECT_GT(during, 0) << "the P was not handed off during major page faults";
 }
 

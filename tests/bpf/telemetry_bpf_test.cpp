@@ -34,34 +34,16 @@
 #include "kgmp/kgmp.h"
 #include "kgmp/metrics.h"
 #include "snapshot.h"
+#include "../unit/blocking_util.h"
 
 namespace {
 
-bool require_bpf() {
-  const char* e = std::getenv("KGMP_REQUIRE_BPF");
-  return e != nullptr && std::string(e) == "1";
-}
-
 std::string trace_unavailable() {
-  static std::string why = [] {
-    if (geteuid() != 0) return std::string("not root (the trace monitor needs root or CAP_BPF+CAP_PERFMON)");
-    std::string mon;
-    setenv("KGMP_MONITOR", "trace", 1);
-    kgmp::run([&] { mon = kgmp::monitor(); }, kgmp::Config{.procs = 1});
-    unsetenv("KGMP_MONITOR");
-    return mon == "trace" ? std::string() : std::string("the trace monitor did not load (see the kgmp: monitor= line)");
-  }();
+  static std::string why = kgmp_test::monitor_unavailable("trace");
   return why;
 }
 
-#define REQUIRE_TRACE()                    \
-  do {                                     \
-    std::string why = trace_unavailable(); \
-    if (!why.empty()) {                    \
-      if (require_bpf()) FAIL() << why;    \
-      GTEST_SKIP() << why;                 \
-    }                                      \
-  } while (0)
+#define REQUIRE_TRACE() KGMP_SKIP_UNLESS(trace_unavailable(), "KGMP_REQUIRE_BPF")
 
 class TelBpf : public ::testing::Test {
  protected:

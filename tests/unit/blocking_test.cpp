@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "blocking_util.h"
 #include "export_test.h"
 #include "kgmp/kgmp.h"
 
@@ -124,50 +125,12 @@ TEST_F(Poll, ManyBlockingGoroutinesNoneLost) {
   EXPECT_TRUE(kgmp::internal::accounted(st));
 }
 
-// The shape of the tests below (the poll twins of tests/bpf/handoff_test.cpp): with one P, G
-// "blocker" blocks in the kernel inside kgmp::blocking(); G "runner" counts how often it ran
-// while the blocker was blocked, then releases it. Without a hand-off the runner cannot run
-// until the blocker returns. A rescue thread calls `release` after 20 s so that a missing
-// hand-off fails the test instead of hanging it.
+// The poll twins of tests/bpf/handoff_test.cpp (blocking_util.h): with one P, a G blocks in
+// the kernel inside kgmp::blocking() while another must keep running.
 long progress_while_marked_block(const std::function<void()>& block,
                                  const std::function<void()>& release) {
-  std::atomic<bool> blocked{false}, finished{false}, stop_rescue{false};
-  std::atomic<long> during{0};
-  std::thread rescue([&] {
-    for (int i = 0; i < 2000 && !stop_rescue; i++)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    if (!stop_rescue) release();
-  });
-  const char* mon = nullptr;
-  kgmp::run(
-      [&] {
-        mon = kgmp::monitor();
-        kgmp::WaitGroup wg;
-        wg.add(2);
-        kgmp::go([&] {
-          blocked = true;
-          kgmp::blocking(block);
-          blocked = false;
-          finished = true;
-          wg.done();
-        });
-        kgmp::go([&] {
-          while (!blocked && !finished) kgmp::yield();
-          for (int i = 0; i < 200 && blocked; i++) {
-            during++;
-            kgmp::yield();
-          }
-          release();
-          wg.done();
-        });
-        wg.wait();
-      },
-      kgmp::Config{.procs = 1});
-  stop_rescue = true;
-  rescue.join();
-  EXPECT_STREQ(mon, "poll");
-  EXPECT_TRUE(kgmp::internal::accounted(kgmp::internal::last_run_stats()));
-  return during.load();
+  kgmp_test::Rescue rescue(release);
+  return kgmp_test::progress_while_blocked("poll", /*marked=*/true, block, release);
 }
 
 TEST_F(Poll, MarkedNanosleepHandsOffTheP) {
@@ -181,46 +144,20 @@ TEST_F(Poll, MarkedNanosleepHandsOffTheP) {
 }
 
 TEST_F(Poll, MarkedFutexWaitHandsOffTheP) {
-  alignas(4) static std::uint32_t word;
-  word = 0;
-  auto release = [] {
-    __atomic_store_n(&word, 1u, __ATOMIC_SEQ_CST);
-    syscall(SYS_futex, &word, FUTEX_WAKE, 1, nullptr, nullptr, 0);
-  };
-  long during = progress_while_marked_block(
-      [] {
-        while (__atomic_load_n(&word, __ATOMIC_SEQ_CST) == 0)
-          syscall(SYS_futex, &word, FUTEX_WAIT, 0, nullptr, nullptr, 0);
-      },
-      release);
+  static kgmp_test::FutexGate gate;
+  gate.word = 0;
+  long during = progress_while_marked_block([] { gate.wait(); }, [] { gate.open(); });
   EXPECT_GT(during, 0) << "the P was not handed off while the futex wait blocked";
 }
 
 // Major page faults on a file evicted from the page cache, read through a fresh mapping with
 // read-ahead off (each touched page waits for the disk), the whole walk marked as blocking.
 TEST_F(Poll, MarkedMajorPageFaultsHandOffTheP) {
-  char path[] = "/var/tmp/kgmp-fault-XXXXXX";
-  int fd = mkstemp(path);
-  ASSERT_GE(fd, 0);
-  unlink(path);
-  constexpr std::size_t kBytes = 32u << 20;
-  std::string chunk(1 << 20, 'k');
-  for (std::size_t off = 0; off < kBytes; off += chunk.size())
-    ASSERT_EQ(write(fd, chunk.data(), chunk.size()), static_cast<ssize_t>(chunk.size()));
-  ASSERT_EQ(fsync(fd), 0);
-  ASSERT_EQ(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
-  auto* map = static_cast<volatile char*>(mmap(nullptr, kBytes, PROT_READ, MAP_SHARED, fd, 0));
-  ASSERT_NE(map, MAP_FAILED);
-  madvise(const_cast<char*>(map), kBytes, MADV_RANDOM);
+  kgmp_test::EvictedMapping file;
+  ASSERT_TRUE(file.ok());
   long sum = 0;
-  long during = progress_while_marked_block(
-      [&] {
-        for (std::size_t off = 0; off < kBytes; off += 4096) sum += map[off];
-      },
-      [] {});
-  EXPECT_EQ(sum, static_cast<long>('k') * static_cast<long>(kBytes / 4096));
-  munmap(const_cast<char*>(map), kBytes);
-  close(fd);
+  long during = progress_while_marked_block([&] { sum = file.touch_all(); }, [] {});
+  EXPECT_EQ(sum, kgmp_test::EvictedMapping::expected_sum());
   EXPECT_GT(during, 0) << "the P was not handed off during major page faults";
 }
 
