@@ -129,8 +129,10 @@ TEST_F(TelBpf, PerCoreCountersMatchSchedstat) {
         EXPECT_NEAR(static_cast<double>(sw), static_cast<double>(slices), 0.05 * slices + 20);
         EXPECT_NEAR(static_cast<double>(rq), static_cast<double>(wait),
                     0.25 * static_cast<double>(wait) + 10e3 * static_cast<double>(slices));
-        EXPECT_GE(blocks, 300u);
-        EXPECT_GE(wake, 300u);
+        // Nearly every usleep blocks: one whose timer fires before the task reaches
+        // schedule() returns without a switch (2 of 300 in a QEMU TCG guest).
+        EXPECT_GE(blocks, 285u);
+        EXPECT_GE(wake, 285u);
         EXPECT_GE(offcpu, 250u);  // the nanosleeps of the M holding the P
         EXPECT_GT(foreign, 0u);   // the hog ran while our M was runnable
         EXPECT_LE(foreign, rq);
