@@ -1701,7 +1701,7 @@ void preempt_point() {
   M* m = getm();
   if (m == nullptr || m->curg == nullptr || m->rt_depth != 0) return;
   if (__builtin_expect(preempt_requested(m) == nullptr, 1)) return;
-  RuntimeScope rs;  // its entry consumes the request (or a lost P's re-acquisition does)
+  RuntimeScope rs;  // its entry consumes the request (after a lost P: the next entry does)
 }
 
 std::uint64_t goid() {
