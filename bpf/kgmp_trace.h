@@ -8,8 +8,10 @@
  *
  * Writers:
  *   kgmp_hdr        runtime (nglobal, under the scheduler lock); BPF (anomaly counters)
- *   kgmp_p_shared   lease and runq_len: the runtime only. The BPF side never writes a lease.
- *   kgmp_m_shared   tid..g_start_ns: the runtime; blocks/wakes/last_*: BPF only.
+ *   kgmp_p_shared   lease, runq_len, schedtick: the runtime only (schedtick: the P's holder, one
+ *                   relaxed store per G started in execute()). The BPF side never writes any.
+ *   kgmp_m_shared   tid..curg: the runtime; g_start_ns: unused (reserved, 0: scx_kgmp derives
+ *                   how long a G runs from kgmp_p_shared::schedtick); blocks/wakes/last_*: BPF.
  */
 #ifndef KGMP_TRACE_H
 #define KGMP_TRACE_H
@@ -53,7 +55,10 @@ struct kgmp_p_shared {
   __u64 lease;    /* see KGMP_LEASE_* */
   __u32 runq_len; /* the holder's view of its local queue + runnext (stale-high is fine) */
   __u32 cpu;
-  __u64 pad[6];
+  __u64 schedtick; /* Gs started on this P so far (Go's pd.schedtick): it changes whenever a new
+                    * G runs, so scx_kgmp's tick sees a G that has run too long without a clock
+                    * read on the runtime's side (Go's sysmon: schedtick / schedwhen) */
+  __u64 pad[5];
 };
 
 struct kgmp_m_shared {
@@ -62,7 +67,7 @@ struct kgmp_m_shared {
   __u32 cpu;          /* pinned CPU, or -1 */
   __u32 in_blocking;  /* inside kgmp::blocking() */
   __u64 curg;         /* goid of the G it runs, 0 if none */
-  __u64 g_start_ns;   /* when that G started running (bpf_ktime_get_ns clock) */
+  __u64 g_start_ns;   /* unused, always 0 (reserved; see kgmp_p_shared::schedtick) */
   __u64 blocks;       /* BPF: times switched out blocked (prev_state != 0) */
   __u64 wakes;        /* BPF: times woken (sched_wakeup); the runtime compares sequences */
   __u64 last_block_ns;

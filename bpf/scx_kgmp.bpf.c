@@ -34,8 +34,11 @@
  *     leaves scx for trace before the watchdog ejects us (it cannot make CFS yield, and
  *     neither can we).
  *   - ops.tick publishes per-core counters and raises preempt[slot] for a G that has run more
- *     than 10 ms (curg/g_start_ns of the M's slot; while the runtime does not publish them the
- *     tick is counted as KGMP_SCX_A_NO_G and skipped).
+ *     than 10 ms, Go's sysmon way: the runtime publishes per P a schedtick (one store per G
+ *     started, no clock read); the tick keeps per P {seen_tick, since_ns} and, while the M
+ *     holds its P in USER state (G code runs) with schedtick unchanged for 10 ms, raises the
+ *     flag and restarts since_ns (one request per 10 ms of one G's run). The runtime clears
+ *     the flag and yields the G at its next runtime entry or kgmp::preempt_point().
  *   - ops.exit copies kind, exit code, reason and message into .bss (UEI-style), kind last,
  *     so the loader's ejection watcher can log it and fall back to trace.
  *
@@ -426,29 +429,45 @@ void BPF_STRUCT_OPS(kgmp_running, struct task_struct *p)
 void BPF_STRUCT_OPS(kgmp_tick, struct task_struct *p)
 {
 	struct kgmp_shared *s;
-	struct kgmp_m_shared *m;
-	__u64 g, start, now;
+	struct kgmp_scx_ptick *pt;
+	__u64 tick, lease, now;
+	__u32 pi;
 	int slot;
 
 	maybe_test_error();
 	slot = m_slot(p);
 	if (slot < 0)
 		return;
+	now = bpf_ktime_get_ns();
 	CORE_INC(bpf_get_smp_processor_id(), ticks);
-	CORE_SET(bpf_get_smp_processor_id(), last_ok_ns, bpf_ktime_get_ns());
+	CORE_SET(bpf_get_smp_processor_id(), last_ok_ns, now);
 	s = shared_mem();
 	if (!s)
 		return;
-	m = &s->m[sidx(slot)];
-	g = READ_ONCE_U64(m->curg);
-	start = READ_ONCE_U64(m->g_start_ns);
-	if (!g || !start) {
-		anomaly(KGMP_SCX_A_NO_G);
+	pi = READ_ONCE_U32(s->m[sidx(slot)].p);
+	if (pi == KGMP_NO_P)
+		return; /* a spare, a watcher, a P-less M: no G of a P runs */
+	if (pi >= READ_ONCE_U32(s->hdr.nprocs) || pi >= KGMP_MAX_PROCS) {
+		anomaly(KGMP_SCX_A_BAD_P);
 		return;
 	}
-	now = bpf_ktime_get_ns();
-	if (now > start && now - start > KGMP_SCX_PREEMPT_NS &&
-	    !READ_ONCE_U32(st.preempt[sidx(slot)])) {
+	/* Go's sysmon (retake): a new G since the last look restarts the clock. */
+	pt = &st.ptick[pidx(pi)];
+	tick = READ_ONCE_U64(s->p[pidx(pi)].schedtick);
+	if (tick != pt->seen_tick || pt->since_ns == 0) {
+		pt->seen_tick = tick;
+		pt->since_ns = now;
+		return;
+	}
+	if (now - pt->since_ns <= KGMP_SCX_PREEMPT_NS)
+		return;
+	/* Only G code is preempted: in the scheduler (RUNTIME, e.g. spinning for work) there is
+	 * no G to yield, and a flag raised there would only make the next G yield at once. */
+	lease = READ_ONCE_U64(s->p[pidx(pi)].lease);
+	if (KGMP_LEASE_STATE(lease) != KGMP_LEASE_USER || KGMP_LEASE_HOLDER(lease) != (__u32)slot)
+		return;
+	pt->since_ns = now; /* the next request after another 10 ms of the same G */
+	if (!READ_ONCE_U32(st.preempt[sidx(slot)])) {
 		WRITE_ONCE_U32(st.preempt[sidx(slot)], 1);
 		CORE_INC(bpf_get_smp_processor_id(), preempt_reqs);
 	}

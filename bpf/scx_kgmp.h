@@ -56,7 +56,8 @@ enum kgmp_scx_anomaly {
 	KGMP_SCX_A_BAD_CPU,       /* an M pinned to a CPU beyond KGMP_SCX_MAX_CPUS */
 	KGMP_SCX_A_DSQ_CREATE,    /* scx_bpf_create_dsq failed in init */
 	KGMP_SCX_A_RELEASE_EMPTY, /* a release found the park DSQ empty (watcher still running) */
-	KGMP_SCX_A_NO_G,          /* ops.tick of an M whose G is not published (curg == 0) */
+	KGMP_SCX_A_NO_G,          /* unused since ops.tick derives G run time from the P's
+	                           * schedtick (kept: indexes are stable) */
 	KGMP_SCX_A_FOREIGN,       /* a SCHED_EXT task that is not (yet) an M: a new M before it
 	                           * registers, a thread G code created (it inherits SCHED_EXT) */
 	KGMP_SCX_A_TIMER,         /* the cycling timer could not be set up */
@@ -74,6 +75,14 @@ struct kgmp_scx_exit {
 	char msg[KGMP_SCX_MSG_LEN];
 };
 
+/* BPF-private per-P record of ops.tick: the P's schedtick last seen and since when. Written
+ * by ops.tick of the M holding the P (two CPUs may briefly both think they do: a stale since_ns
+ * only delays or advances one request). */
+struct kgmp_scx_ptick {
+	__u64 seen_tick;
+	__u64 since_ns;
+};
+
 struct kgmp_scx_state {
 	/* user, before attach */
 	__u32 p_of_cpu[KGMP_SCX_MAX_CPUS]; /* P of each CPU + 1 (0: no P) */
@@ -86,8 +95,16 @@ struct kgmp_scx_state {
 	__u32 pending[KGMP_MAX_PROCS];
 	__u64 park_ns[KGMP_MAX_PROCS]; /* bpf: when P p's watcher was parked last */
 	__u64 queued_counted[KGMP_MAX_PROCS]; /* bpf: the lease last counted as handoffs_queued */
-	/* bpf: a G of M slot s ran > 10 ms (the runtime may poll it at its safe points) */
+	/* Preemption requests (DESIGN §5), one word per M slot:
+	 *   bpf sets it (ops.tick): the M holds P p in USER state and p's schedtick has not moved
+	 *       for KGMP_SCX_PREEMPT_NS (one G has run that long);
+	 *   user clears it: the M itself, at its next runtime entry from G code or
+	 *       kgmp::preempt_point(), then yields the G (gopreempt).
+	 * Race: the G may yield or block on its own between the tick and the check; the flag then
+	 * makes the M's next G yield once at its first runtime entry. One extra yield, acceptable. */
 	__u32 preempt[KGMP_MAX_MS];
+	/* bpf only (ops.tick), per P: Go's sysmon record (pd.schedtick / pd.schedwhen) */
+	struct kgmp_scx_ptick ptick[KGMP_MAX_PROCS];
 	struct kgmp_scx_core core[KGMP_SCX_MAX_CPUS];
 	/* bpf: CPU + 1 whose Ms waited starve_ns without the CPU ever turning to sched_ext (CFS
 	 * tasks run first in partial mode); user space then leaves scx before the watchdog ejects */

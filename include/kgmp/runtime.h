@@ -123,6 +123,14 @@ void go(F&& f) {
 // runtime.Gosched). Returns at once when nothing else is runnable. Outside a G: no-op.
 void yield();
 
+// A preemption point (Go's asynchronous preemption, done cooperatively): a cheap check a long
+// loop that never enters the runtime may call. If the scheduler asked this G to step aside
+// (under the scx monitor: it has run > 10 ms on its P, see DESIGN §5), the request is consumed
+// and the G yields as in yield(); otherwise it returns at once. Without scx no request is ever
+// made, so it never yields: one load and a predictable branch. Every runtime entry (spawn,
+// channel operation, ...) checks the same request. Outside a G: no-op.
+void preempt_point();
+
 namespace internal {
 void entersyscall();
 void exitsyscall();

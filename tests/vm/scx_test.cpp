@@ -1,7 +1,8 @@
 // scx_test.cpp — the scx monitor in a sched_ext kernel (vm-test/run boots one): the scheduler
 // attaches and detaches (also when its process is killed), survives nothing it should not and
 // loses no goroutine when ejected (scx_bpf_error, sysrq-S), leaves an unrelated CPU hog alone,
-// and a second runtime process falls back to trace cleanly while the first holds sched_ext.
+// a second runtime process falls back to trace cleanly while the first holds sched_ext, and a
+// G spinning on kgmp::preempt_point() is preempted after 10 ms (ScxPreempt).
 //
 // Elsewhere (no sched_ext, not root, a build without the scx object) every test skips with the
 // exact reason; KGMP_REQUIRE_SCX=1 (set by the VM's /init) turns the skips into failures.
@@ -445,7 +446,67 @@ TEST(ScxWatchdog, HeldSpareIsCycledWithinTheWatchdogBound) {
   std::printf("%s", log.c_str());
 }
 
+// Preemption (DESIGN §5): with one P, G A spins calling only kgmp::preempt_point() while G B
+// (spawned before the spin) waits runnable on the same P. Nothing but a preemption request
+// makes A yield: scx_kgmp's ops.tick sees the P's schedtick unchanged for 10 ms and raises
+// A's M's flag. B must run (within a 10 s deadline, so a failure does not hang) and the
+// scheduler's preempt_reqs counter (KGMP_SCX_STATS=1) must show the request.
+TEST(ScxPreempt, PreemptPointYieldsALongRunningG) {
+  REQUIRE_SCX();
+  setenv("KGMP_SCX_STATS", "1", 1);
+  Child c = spawn_exec("preempt");
+  unsetenv("KGMP_SCX_STATS");
+  std::string log;
+  EXPECT_EQ(wait_exit(c), 0) << "2: not scx, 3: B never ran (deadline), 4: B ran before the "
+                                "spin; log:\n" << (log = slurp(c.log));
+  log = slurp(c.log);
+  auto at = log.find(" preempt_reqs=");
+  ASSERT_NE(at, std::string::npos) << log;
+  EXPECT_GE(std::atol(log.c_str() + at + 14), 1) << "no preemption request counted; log:\n" << log;
+  std::printf("%s", log.c_str());
+}
+
 // ---- child processes (spawn_exec) ----
+
+int child_preempt() {  // G A spins on preempt_point until G B ran (1 P, scx)
+  setenv("KGMP_MONITOR", "scx", 1);
+  int rc = 0;
+  kgmp::run(
+      [&] {
+        if (std::string(kgmp::monitor()) != "scx") {
+          rc = 2;
+          return;
+        }
+        std::atomic<bool> b_ran{false};
+        kgmp::WaitGroup wg;
+        wg.add(1);
+        kgmp::go([&] {
+          b_ran.store(true);
+          wg.done();
+        });
+        if (b_ran.load()) rc = 4;
+        auto start = std::chrono::steady_clock::now();
+        auto deadline = start + 10s;
+        long points = 0;
+        while (!b_ran.load(std::memory_order_relaxed) &&
+               std::chrono::steady_clock::now() < deadline) {
+          kgmp::preempt_point();
+          points++;
+        }
+        double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                              start).count();
+        fprintf(stderr, "preempt: B ran=%d after %.1f ms of spinning, %ld preempt points\n",
+                b_ran.load() ? 1 : 0, ms, points);
+        if (!b_ran.load()) {
+          if (rc == 0) rc = 3;
+          kgmp::yield();  // let B finish so that run() can end
+        }
+        wg.wait();
+      },
+      kgmp::Config{.procs = 1});
+  return rc;
+}
+
 
 int child_hold() {  // the main G blocked 6 s in an unmarked read; the watcher parked
   setenv("KGMP_MONITOR", "scx", 1);
@@ -569,6 +630,7 @@ int main(int argc, char** argv) {
     if (m == "stress") return child_stress();
     if (m == "handoffs") return child_handoffs();
     if (m == "hold") return child_hold();
+    if (m == "preempt") return child_preempt();
     return 126;
   }
   testing::InitGoogleTest(&argc, argv);

@@ -28,6 +28,10 @@
 // held watcher runs at once, and the trace backstop covers any block seen by neither side in
 // the window.
 //
+// Preemption (DESIGN §5): start() points sched->preempt_flags at the program's preempt words
+// (ops.tick raises them, the Ms clear them: sched.cpp, gopreempt); retire() clears the pointer
+// before detaching. The .bss stays mapped until this monitor is deleted, after run() ends.
+//
 // Starvation: partial mode runs SCHED_EXT tasks only when CFS has nothing to run on the CPU.
 // Under a CFS hog the Ms would wait until the watchdog ejects the scheduler (a "runnable task
 // stall", dmesg noise and a freeze). The program flags a CPU whose Ms waited starve_ns
@@ -118,6 +122,12 @@ class ScxMonitor final : public Monitor {
     trace_->start();
     if (ext && alive_.load(std::memory_order_acquire))
       (void)sched_setscheduler(0, kSchedExt, &sp);
+    // Preemption requests (sched.cpp, gopreempt): the Ms read the scheduler's words from now
+    // on. Published, then alive_ re-checked: a retire() that ran meanwhile (it clears alive_,
+    // then the pointer) cannot leave the pointer set behind it.
+    sched->preempt_flags.store(scx_->state()->preempt, std::memory_order_seq_cst);
+    if (!alive_.load(std::memory_order_seq_cst))
+      sched->preempt_flags.store(nullptr, std::memory_order_seq_cst);
   }
 
   void stop() override {
@@ -261,7 +271,11 @@ class ScxMonitor final : public Monitor {
   // CFS), the scheduler is unregistered. line: logged if not empty.
   void retire(const std::string& line) {
     if (retired_.exchange(true)) return;
-    alive_.store(false, std::memory_order_release);
+    alive_.store(false, std::memory_order_seq_cst);
+    // No more preemption requests: the Ms stop reading the words before the scheduler goes.
+    // The words stay mapped (scx_ lives until the monitor is deleted, after run() ends), so an
+    // M that loaded the pointer just before reads valid memory: at worst one late request.
+    sched->preempt_flags.store(nullptr, std::memory_order_seq_cst);
     std::atomic_ref<__u32>(shared()->hdr.scx_active).store(0, std::memory_order_release);
     if (!line.empty()) fprintf(stderr, "%s\n", line.c_str());
     std::vector<pid_t> tids;

@@ -173,6 +173,7 @@ static void trace_stop(M* m, G* g, After a) {
     case After::kPark: r = StopReason::kPark; break;
     case After::kExit: r = StopReason::kExit; break;
     case After::kRequeue: r = StopReason::kLostP; break;
+    case After::kPreempt: r = StopReason::kPreempt; break;
     default: break;
   }
   trace_event_slow(m->p->id, TraceEv::kGStop, static_cast<std::uint32_t>(m->id), g->goid,
@@ -763,6 +764,7 @@ static void finish_switch(M* m) {
   m->after_g = nullptr;
   switch (a) {
     case After::kYield:
+    case After::kPreempt:
       g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
       track_ready(g);
       runq_put(m->p, g, false);
@@ -830,6 +832,9 @@ static void switch_to(M* m, G* from, G* to) {
 static void execute(M* m, G* from, G* g) {
   P* p = m->p;
   p->c.schedticks.add();  // Go's schedtick (the 61st-tick fairness check reads it); runs = it
+  // Published for scx_kgmp's ops.tick (Go's sysmon reads pd.schedtick): one plain store, no
+  // clock read; the tick derives how long this G has run from when the value last changed.
+  __atomic_store_n(&p->sh->schedtick, p->c.schedticks.load(), __ATOMIC_RELAXED);
   if (counters_on) {
     if (g->runnable_tick != 0) {  // a sampled transition (track_ready)
       std::uint64_t now = ticks();
@@ -942,10 +947,52 @@ static void lost_p(M* m) {
   // Resumed by an M that holds a P, inside its runtime (depth 1 there).
 }
 
+// ---- preemption requests (DESIGN §5) ----
+//
+// Protocol: scx_kgmp's ops.tick sets preempt[slot] of M slot when that M holds its P in USER
+// state and the P's published schedtick has not moved for 10 ms (one G ran that long). The M
+// itself clears the word, at its next runtime entry from G code (enter_runtime, depth 0 -> 1)
+// or in kgmp::preempt_point(), and yields the G to the back of its P's queue (Go's
+// gopreempt_m, which uses the global queue; the local one keeps the P's Gs where they are).
+// Race: the G may have yielded, parked or exited on its own between the tick and the check;
+// the flag then makes the M's next G yield once at its first runtime entry. One extra yield:
+// acceptable. Without scx (preempt_flags null) the check is one load and a predictable branch.
+// Why a runtime entry is a safe place to switch the G out: it already is one (lost_p requeues
+// the G when its P was handed off), so every caller enters before taking a lock (see gopark)
+// and re-reads getm() after. Inside kgmp::blocking the request waits for the next entry.
+
+// The M's preemption word if a request is pending, else null. Caller: m, any thread state.
+static inline std::uint32_t* preempt_requested(M* m) {
+  std::uint32_t* f = sched->preempt_flags.load(std::memory_order_relaxed);
+  if (__builtin_expect(f == nullptr, 1)) return nullptr;
+  if (m->id >= KGMP_MAX_MS) return nullptr;
+  std::uint32_t* w = &f[m->id];
+  return __atomic_load_n(w, __ATOMIC_RELAXED) != 0 ? w : nullptr;
+}
+
+// Consumes a pending request w of m: clears it and yields the running G if another G is
+// runnable (else it just goes on: nothing to preempt it for). Caller: the running G of m, in
+// the runtime at depth 1, m holding a P, no lock held. Returns maybe on another M.
+static void __attribute__((noinline)) gopreempt(M* m, std::uint32_t* w) {
+  // Inside kgmp::blocking (entersyscall/exitsyscall): the M's state is in flux; keep the
+  // request for the G's next entry.
+  if (m->tstate.load(std::memory_order_relaxed) != MState::kRunning) return;
+  __atomic_store_n(w, 0u, __ATOMIC_RELAXED);
+  if (m->curg == nullptr || sched->stopping.load(std::memory_order_relaxed)) return;
+  P* p = m->p;
+  run_own_timers(p);
+  if (p->runq.empty() && sched->runqsize.load(std::memory_order_relaxed) == 0) return;
+  leave_g(After::kPreempt);
+}
+
 void enter_runtime() {
   M* m = getm();
   if (m == nullptr || m->rt_depth++ > 0) return;
-  if (m->p != nullptr && lease_enter(m, m->p)) return;
+  if (m->p != nullptr && lease_enter(m, m->p)) {
+    if (std::uint32_t* w = preempt_requested(m); __builtin_expect(w != nullptr, 0))
+      gopreempt(m, w);
+    return;
+  }
   lost_p(m);
 }
 
@@ -1647,6 +1694,14 @@ void yield() {
   run_own_timers(p);  // a G that only yields must still let due timers fire
   if (p->runq.empty() && sched->runqsize.load(std::memory_order_relaxed) == 0) return;
   leave_g(After::kYield);
+}
+
+void preempt_point() {
+  using namespace internal;
+  M* m = getm();
+  if (m == nullptr || m->curg == nullptr || m->rt_depth != 0) return;
+  if (__builtin_expect(preempt_requested(m) == nullptr, 1)) return;
+  RuntimeScope rs;  // its entry consumes the request (after a lost P: the next entry does)
 }
 
 std::uint64_t goid() {

@@ -92,6 +92,7 @@ enum class After : std::uint8_t {
   kExit,
   kRequeue,  // the M lost its P while the G ran: queue the G globally (DESIGN §3, P-less path)
   kYieldGlobal,  // yield to the back of the global queue (spawn back-pressure)
+  kPreempt,      // as kYield, asked by a preemption request (gopreempt; traced as "preempt")
 };
 
 struct alignas(64) P {
@@ -197,6 +198,12 @@ struct Sched {
   bool shared_owned = false;
   bool publish_work = false;  // keep kgmp_p_shared::runq_len and hdr.nglobal current
   struct Monitor* monitor = nullptr;
+  // Preemption requests (DESIGN §5): one word per M slot (kgmp_scx_state::preempt), null
+  // unless the scx monitor is active. Written by the scx monitor only: set in start(), cleared
+  // when it leaves scx (ejection, stop) before it detaches; the words stay mapped until the
+  // monitor is deleted after run() ends, so an M that loaded the pointer just before it was
+  // cleared reads valid memory. Read by every M at runtime entry (relaxed: one load).
+  std::atomic<std::uint32_t*> preempt_flags{nullptr};
   std::unique_ptr<std::atomic<M*>[]> m_by_id;  // M of each id (lease holder), for monitors
   std::atomic<int> nblocking{0};               // Ms inside kgmp::blocking()
   std::atomic<int> nlostp{0};  // Ms whose P was handed off and that have not noticed yet
