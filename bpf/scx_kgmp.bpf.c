@@ -85,6 +85,9 @@ const volatile __u32 nr_cpus = 1;
 const volatile __u32 nprocs = 1;
 const volatile __u64 hold_ns = 1000ULL * 1000 * 1000;
 const volatile __u64 starve_ns = 2500ULL * 1000 * 1000;
+/* Test only (KGMP_SCX_TEST_STALL=1): never cycle a parked spare and never flag starvation, so
+ * a spare held past timeout_ms makes the kernel's watchdog eject the scheduler. */
+const volatile __u32 test_stall = 0;
 
 struct kgmp_scx_state st;
 
@@ -481,6 +484,10 @@ static int cycle_fn(void *map, int *key, struct cycle_timer *t)
 	__u32 pi;
 	s32 cpu;
 
+	if (test_stall) {
+		bpf_timer_start(&t->t, KGMP_SCX_TIMER_NS, 0);
+		return 0;
+	}
 	/* Starvation: a CPU with Ms queued or parked on it that has not turned to sched_ext for
 	 * starve_ns (CFS tasks always had something to run): the watchdog would eject us soon. */
 	for (cpu = 0; cpu < KGMP_SCX_MAX_CPUS && cpu < nr_cpus; cpu++) {

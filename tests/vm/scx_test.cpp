@@ -288,6 +288,48 @@ TEST(ScxEject, SysrqSFallsBackToTrace) {
   EXPECT_TRUE(wait_state("disabled"));
 }
 
+// The kernel's watchdog: with KGMP_SCX_TEST_STALL=1 the program never cycles its parked spare
+// (nor flags starvation), so a spare held longer than the 2 s timeout makes the kernel eject
+// the scheduler ("runnable task stall"). The runtime must log it and go on under trace. The
+// marker in the kernel log lets vm-test/run excuse exactly these watchdog lines.
+TEST(ScxEject, WatchdogStallFallsBackToTrace) {
+  REQUIRE_SCX();
+  Child c = spawn(
+      [] {
+        setenv("KGMP_SCX_TEST_STALL", "1", 1);
+        setenv("KGMP_SCX_TIMEOUT_MS", "2000", 1);
+        if (int fd = open("/dev/kmsg", O_WRONLY); fd >= 0) {
+          const char msg[] = "kgmp test: watchdog stall forced (KGMP_SCX_TEST_STALL)\n";
+          (void)!write(fd, msg, sizeof msg - 1);
+          close(fd);
+        }
+        return survive_ejection([] {
+          // Nothing else to run and no timer: the P's watcher stays parked (held) while the
+          // main G blocks, until the watchdog fires. The writer frees the read after 6 s.
+          int fds[2];
+          if (pipe(fds) != 0) return;
+          std::thread writer([&] {
+            std::this_thread::sleep_for(6s);
+            (void)!write(fds[1], "x", 1);
+          });
+          char ch;
+          (void)!read(fds[0], &ch, 1);
+          writer.join();
+          close(fds[0]);
+          close(fds[1]);
+        });
+      },
+      "stall");
+  EXPECT_EQ(wait_exit(c), 0) << "2 not scx, 3 no hand-off before, 4 no fallback, 5 no hand-off "
+                                "after; log:\n"
+                             << slurp(c.log);
+  std::string log = slurp(c.log);
+  EXPECT_NE(log.find("kgmp: scx scheduler ejected ("), std::string::npos) << log;
+  EXPECT_NE(log.find("stall"), std::string::npos) << "the reason names the stall; log:\n" << log;
+  EXPECT_NE(log.find("; continuing on trace"), std::string::npos) << log;
+  EXPECT_TRUE(wait_state("disabled"));
+}
+
 TEST(ScxTwoProcesses, SecondFallsBackToTraceAndSaysWhy) {
   REQUIRE_SCX();
   ASSERT_TRUE(wait_state("disabled"));

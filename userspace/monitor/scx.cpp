@@ -312,7 +312,8 @@ absl::StatusOr<std::unique_ptr<Monitor>> make_scx_monitor(int nprocs, const int*
                         "the trace monitor beneath it failed: " + std::string(trace.status().message()));
   absl::StatusOr<std::unique_ptr<ScxBpf>> scx =
       ScxBpf::open(nprocs, cpus, shared_fd, tids_fd, env_unsigned("KGMP_SCX_TIMEOUT_MS", kTimeoutMs),
-                   env_unsigned("KGMP_SCX_TEST_ERROR_MS", 0));
+                   env_unsigned("KGMP_SCX_TEST_ERROR_MS", 0),
+                   env_unsigned("KGMP_SCX_TEST_STALL", 0) == 1);
   if (!scx.ok()) return scx.status();
   auto mon = std::make_unique<ScxMonitor>(std::move(*trace), std::move(*scx), nprocs);
   mon->reason = "sched_ext scheduler scx_kgmp attached (partial mode), trace beneath it";

@@ -58,7 +58,8 @@ std::string ScxBpf::sysfs_ops() { return read_line("/sys/kernel/sched_ext/root/o
 
 absl::StatusOr<std::unique_ptr<ScxBpf>> ScxBpf::open(int nprocs, const int* cpu_of_p,
                                                      int shared_fd, int tids_fd,
-                                                     unsigned timeout_ms, unsigned test_error_ms) {
+                                                     unsigned timeout_ms, unsigned test_error_ms,
+                                                     bool test_stall) {
   if (access("/sys/kernel/sched_ext", F_OK) != 0)
     return absl::UnavailableError(
         "this kernel has no sched_ext (no /sys/kernel/sched_ext; it needs "
@@ -93,6 +94,7 @@ absl::StatusOr<std::unique_ptr<ScxBpf>> ScxBpf::open(int nprocs, const int* cpu_
   b->skel_->rodata->starve_ns = starve_ns;
   b->skel_->rodata->hold_ns = std::min<__u64>(timeout_ns / 5, starve_ns / 2);
   b->skel_->struct_ops.kgmp_ops->timeout_ms = timeout_ms;
+  b->skel_->rodata->test_stall = test_stall ? 1 : 0;
   if (int err = bpf_map__reuse_fd(b->skel_->maps.kgmp_shared, shared_fd); err != 0)
     return absl::InternalError(
         absl::StrFormat("scx: cannot share the trace program's kgmp_shared map: %s", errstr(err)));

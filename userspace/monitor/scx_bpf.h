@@ -32,9 +32,12 @@ class ScxBpf {
   // timeout_ms: the sched_ext watchdog (100..30000); starvation is reported after
   // min(timeout/2, 2.5 s) and parked spares are cycled at min(timeout/5, that/2).
   // test_error_ms > 0 (tests only): the program calls scx_bpf_error that long after attach.
+  // test_stall (tests only): parked spares are never cycled and starvation never flagged, so
+  // the kernel's watchdog ejects the scheduler after timeout_ms.
   static absl::StatusOr<std::unique_ptr<ScxBpf>> open(int nprocs, const int* cpu_of_p,
                                                       int shared_fd, int tids_fd,
-                                                      unsigned timeout_ms, unsigned test_error_ms);
+                                                      unsigned timeout_ms, unsigned test_error_ms,
+                                                      bool test_stall = false);
   ~ScxBpf();  // detaches (if still attached) and unloads
   ScxBpf(const ScxBpf&) = delete;
   ScxBpf& operator=(const ScxBpf&) = delete;
