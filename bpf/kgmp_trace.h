@@ -10,8 +10,8 @@
  *   kgmp_hdr        runtime (nglobal, under the scheduler lock); BPF (anomaly counters)
  *   kgmp_p_shared   lease, runq_len, schedtick: the runtime only (schedtick: the P's holder, one
  *                   relaxed store per G started in execute()). The BPF side never writes any.
- *   kgmp_m_shared   tid..curg: the runtime; g_start_ns: unused (reserved, 0: scx_kgmp derives
- *                   how long a G runs from kgmp_p_shared::schedtick); blocks/wakes/last_*: BPF.
+ *   kgmp_m_shared   tid..blocking_since_ns: the runtime (scx_kgmp derives how long a G runs
+ *                   from kgmp_p_shared::schedtick, not from this slot); blocks/wakes/last_*: BPF.
  */
 #ifndef KGMP_TRACE_H
 #define KGMP_TRACE_H
@@ -67,7 +67,8 @@ struct kgmp_m_shared {
   __u32 cpu;          /* pinned CPU, or -1 */
   __u32 in_blocking;  /* inside kgmp::blocking() */
   __u64 curg;         /* goid of the G it runs, 0 if none */
-  __u64 g_start_ns;   /* unused, always 0 (reserved; see kgmp_p_shared::schedtick) */
+  __u64 blocking_since_ns; /* when it last entered kgmp::blocking() (CLOCK_MONOTONIC): the
+                              * poll monitor's retake age (valid while in_blocking) */
   __u64 blocks;       /* BPF: times switched out blocked (prev_state != 0) */
   __u64 wakes;        /* BPF: times woken (sched_wakeup); the runtime compares sequences */
   __u64 last_block_ns;

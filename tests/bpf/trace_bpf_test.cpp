@@ -48,7 +48,7 @@ static_assert(offsetof(kgmp_p_shared, lease) == 0 && offsetof(kgmp_p_shared, run
 static_assert(sizeof(kgmp_m_shared) == 64 && sizeof(kgmp_m_shared) % 64 == 0);
 static_assert(offsetof(kgmp_m_shared, tid) == 0 && offsetof(kgmp_m_shared, p) == 4 &&
               offsetof(kgmp_m_shared, cpu) == 8 && offsetof(kgmp_m_shared, in_blocking) == 12 &&
-              offsetof(kgmp_m_shared, curg) == 16 && offsetof(kgmp_m_shared, g_start_ns) == 24 &&
+              offsetof(kgmp_m_shared, curg) == 16 && offsetof(kgmp_m_shared, blocking_since_ns) == 24 &&
               offsetof(kgmp_m_shared, blocks) == 32 && offsetof(kgmp_m_shared, wakes) == 40 &&
               offsetof(kgmp_m_shared, last_block_ns) == 48 &&
               offsetof(kgmp_m_shared, last_wake_ns) == 56);

@@ -73,11 +73,16 @@ class PollMonitor final : public Monitor {
       if (KGMP_LEASE_STATE(w) != KGMP_LEASE_USER) continue;
       M* holder = sched->m_by_id[KGMP_LEASE_HOLDER(w)].load(std::memory_order_acquire);
       if (holder == nullptr || !blocked(holder)) continue;
-      if (s.lease != w) {  // first sighting of this blocking section: wait one period
+      if (s.lease != w) {  // first sighting of this blocking section
         s.lease = w;
-        s.since = now;
-        continue;
+        s.since = marked_since(holder, now);
       }
+      // Go retakes a P after its syscall lasted one sysmon tick, "at least 20 us": Go can only
+      // tell by seeing it on two ticks, which with a backed-off sysmon (10 ms) means 10-20 ms.
+      // A kgmp::blocking() section carries its start time, so the first tick 20 us after it
+      // hands off (after a compute phase: p50 ~5 ms instead of Go's ~12-15 ms). A section seen
+      // only by BPF (the backstop) has no start time: one period, as Go.
+      if (now - s.since < kMinBlockNs) continue;
       if (!p_has_work(p) && now - s.since < 10'000'000) continue;
       if (handoff_p(p, w)) {
         handoff_start(p);
@@ -85,6 +90,17 @@ class PollMonitor final : public Monitor {
       }
     }
     return n;
+  }
+
+  static constexpr std::int64_t kMinBlockNs = 20'000;  // Go's minimum sysmon tick
+
+  // When m's blocking section began: kgmp::blocking()'s own stamp, else (a block only BPF saw)
+  // `now`, the first sighting. Caller: the poll thread, m seen blocked.
+  static std::int64_t marked_since(M* m, std::int64_t now) {
+    if (__atomic_load_n(&m->sh->in_blocking, __ATOMIC_ACQUIRE) == 0) return now;
+    auto t = static_cast<std::int64_t>(
+        __atomic_load_n(&m->sh->blocking_since_ns, __ATOMIC_RELAXED));
+    return t > 0 && t <= now ? t : now;
   }
 
   // Inside kgmp::blocking(), or (backstop) switched out blocked as BPF last saw it.

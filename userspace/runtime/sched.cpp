@@ -1051,6 +1051,9 @@ void handoff_start(P* p) {
 void entersyscall() {
   M* m = getm();
   if (m == nullptr || m->curg == nullptr) return;
+  // The time first, then the flag (release): a poller that sees in_blocking sees this section's
+  // start, not the previous one's.
+  __atomic_store_n(&m->sh->blocking_since_ns, static_cast<__u64>(nanotime()), __ATOMIC_RELAXED);
   __atomic_store_n(&m->sh->in_blocking, 1u, __ATOMIC_RELEASE);
   sched->nblocking.fetch_add(1, std::memory_order_seq_cst);
   m->tstate.store(MState::kBlocked, std::memory_order_relaxed);
