@@ -152,6 +152,20 @@ G* self_g(const char* what) {
   fatal("kgmp: internal error: a G parked forever (%s) was woken", reason);
 }
 
+// The buffer's two ends. Caller: holds c->lock; buf_put: qcount < cap; buf_take: qcount > 0.
+void buf_put(ChanCore* c, void* src) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->lock) {
+  c->ops->construct(c->slot(c->sendx), src);
+  c->sendx = (c->sendx + 1) % c->cap;
+  c->qcount++;
+}
+void buf_take(ChanCore* c, void* dst) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->lock) {
+  void* head = c->slot(c->recvx);
+  c->ops->construct(dst, head);
+  c->ops->destroy(head);
+  c->recvx = (c->recvx + 1) % c->cap;
+  c->qcount--;
+}
+
 // Receives from sudog s (a sender) into dst. Caller: holds c->lock; s dequeued from sendq.
 void recv_from(ChanCore* c, Sudog* s, void* dst) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c->lock) {
   if (c->cap == 0) {
@@ -178,9 +192,7 @@ bool send_now(ChanCore* c, void* src, G** wake) ABSL_EXCLUSIVE_LOCKS_REQUIRED(c-
     return true;
   }
   if (c->qcount < c->cap) {
-    c->ops->construct(c->slot(c->sendx), src);
-    c->sendx = (c->sendx + 1) % c->cap;
-    c->qcount++;
+    buf_put(c, src);
     *wake = nullptr;
     return true;
   }
@@ -196,11 +208,7 @@ RecvResult recv_now(ChanCore* c, void* dst, G** wake) ABSL_EXCLUSIVE_LOCKS_REQUI
     return RecvResult::kValue;
   }
   if (c->qcount > 0) {
-    void* head = c->slot(c->recvx);
-    c->ops->construct(dst, head);
-    c->ops->destroy(head);
-    c->recvx = (c->recvx + 1) % c->cap;
-    c->qcount--;
+    buf_take(c, dst);
     return RecvResult::kValue;
   }
   if (c->closed) return RecvResult::kClosed;
@@ -225,9 +233,7 @@ bool send_buffered_fast(ChanCore* c, void* src) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     c->lock.unlock();
     return false;
   }
-  c->ops->construct(c->slot(c->sendx), src);
-  c->sendx = (c->sendx + 1) % c->cap;
-  c->qcount++;
+  buf_put(c, src);
   c->lock.unlock();
   return true;
 }
@@ -238,11 +244,7 @@ bool recv_buffered_fast(ChanCore* c, void* dst) ABSL_NO_THREAD_SAFETY_ANALYSIS {
     c->lock.unlock();
     return false;
   }
-  void* head = c->slot(c->recvx);
-  c->ops->construct(dst, head);
-  c->ops->destroy(head);
-  c->recvx = (c->recvx + 1) % c->cap;
-  c->qcount--;
+  buf_take(c, dst);
   c->lock.unlock();
   return true;
 }
