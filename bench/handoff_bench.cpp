@@ -75,8 +75,12 @@ void compute_for(std::int64_t ns) {
     for (int i = 0; i < 1000; i++) x = x * 1.0000001;
 }
 
-std::vector<double> kgmp_trials(const std::string& monitor, const std::string& quiet, int trials) {
+// monitor: scx, trace, poll, or trace-sleep (trace with KGMP_TRACE_SPARE=sleep: the watcher
+// sleeps on the ring instead of being held runnable, the design held spares replaced).
+std::vector<double> kgmp_trials(const std::string& name, const std::string& quiet, int trials) {
+  const std::string monitor = name == "trace-sleep" ? "trace" : name;
   setenv("KGMP_MONITOR", monitor.c_str(), 1);
+  if (name == "trace-sleep") setenv("KGMP_TRACE_SPARE", "sleep", 1);
   std::vector<double> us;
   int fds[2];
   if (pipe(fds) != 0) abort();
@@ -118,6 +122,7 @@ std::vector<double> kgmp_trials(const std::string& monitor, const std::string& q
       },
       kgmp::Config{.procs = 1});
   unsetenv("KGMP_MONITOR");
+  unsetenv("KGMP_TRACE_SPARE");
   close(fds[0]);
   close(fds[1]);
   if (got != monitor) {
@@ -177,10 +182,11 @@ int bench_handoff(const std::string& monitors, const std::string& quiet, int tri
   std::vector<std::string> list;
   // scx is part of "all" only where sched_ext exists (vm-test/run boots such a kernel).
   const bool have_scx = access("/sys/kernel/sched_ext", F_OK) == 0;
-  for (std::string m : {"scx", "trace", "poll", "floor"})
+  for (std::string m : {"scx", "trace", "trace-sleep", "poll", "floor"})
     if ((monitors == "all" && (m != "scx" || have_scx)) || monitors == m) list.push_back(m);
   if (list.empty()) {
-    fprintf(stderr, "kgmp-bench handoff: --monitor must be scx, trace, poll, floor or all\n");
+    fprintf(stderr,
+            "kgmp-bench handoff: --monitor must be scx, trace, trace-sleep, poll, floor or all\n");
     return 2;
   }
   for (const std::string& m : list)

@@ -361,7 +361,7 @@ int main(int argc, char** argv) {
   std::string usage = "kgmp-bench CASE [--procs N] [--reps R]\n\ncases:\n";
   for (const Case& c : cases()) usage += absl::StrFormat("  %-16s %s\n", c.name, c.help);
   usage +=
-      "  handoff          P stuck behind a blocked M, one P: --monitor scx|trace|poll|floor|all "
+      "  handoff          P stuck behind a blocked M, one P: --monitor scx|trace|trace-sleep|poll|floor|all "
       "--quiet hot|compute|idle [--trials N] (p50_us p90_us p99_us max_us)\n"
       "  idle             every G blocked for --seconds: context switches and CPU of the process\n"
       "  switch-cost      another process's pipe ping-pong, trace program detached vs attached\n";

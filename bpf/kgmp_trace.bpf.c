@@ -16,7 +16,9 @@
  *     run queue or the global queue is not empty), it sends a kgmp_block_event on that P's own
  *     ring buffer with a forced wakeup. The P's spare M sleeps in epoll on exactly that ring;
  *     it wakes on the same CPU and CASes the lease from the value in the event (one wakeup, no
- *     monitor thread in between).
+ *     monitor thread in between). When the runtime holds that spare runnable at SCHED_IDLE on
+ *     this CPU (kgmp_p_shared::spare_held == HELD, userspace/monitor/trace.cpp), the event goes
+ *     without the wakeup: the CPU switches to the spare next anyway, and it reads the ring.
  *   - tp_btf/sched_wakeup: for a registered M, bumps its wake counter and timestamp in the
  *     shared memory only. Waking someone through a ring buffer costs 20-30 us here (as much as
  *     letting the woken M run and notice by itself); the runtime compares sequence numbers at
@@ -215,7 +217,7 @@ static __always_inline int m_switched_out(bool preempt, struct task_struct *prev
 	struct kgmp_shared *s;
 	__u32 tid, slot, p, nprocs;
 	__u32 *slotp;
-	__u64 lease;
+	__u64 lease, wake;
 	void *ring;
 
 	s = shared_mem();
@@ -266,6 +268,15 @@ static __always_inline int m_switched_out(bool preempt, struct task_struct *prev
 		return 0;
 	if (READ_ONCE_U32(s->p[p].runq_len) == 0 && READ_ONCE_U32(s->hdr.nglobal) == 0)
 		return 0;
+	/* Under scx_kgmp the scheduler itself dispatches the held watcher; with a held spare
+	 * under trace the watcher is runnable at SCHED_IDLE on this CPU, so it is what the CPU
+	 * runs next. Either way the event is read without sleeping: skip the wakeup (the
+	 * irq_work self-IPI, ~7 us here). A held spare is pinned to this CPU and not running
+	 * now, so it cannot miss the event: it reads the ring after it stops being HELD. */
+	wake = READ_ONCE_U32(s->hdr.scx_active) ||
+			       READ_ONCE_U32(s->p[p].spare_held) == KGMP_SPARE_HELD
+		       ? BPF_RB_NO_WAKEUP
+		       : BPF_RB_FORCE_WAKEUP;
 
 	ring = bpf_map_lookup_elem(&kgmp_rings, &p);
 	if (!ring) {
@@ -277,10 +288,7 @@ static __always_inline int m_switched_out(bool preempt, struct task_struct *prev
 	ev.p = p;
 	ev.lease = lease;
 	ev.ts_ns = now;
-	/* Under scx_kgmp the scheduler itself dispatches the held watcher; the event is only
-	 * a second source it reads without sleeping: skip the wakeup (a self-IPI). */
-	if (bpf_ringbuf_output(ring, &ev, sizeof(ev),
-			       READ_ONCE_U32(s->hdr.scx_active) ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP))
+	if (bpf_ringbuf_output(ring, &ev, sizeof(ev), wake))
 		__sync_fetch_and_add(&s->hdr.dropped, 1);
 	else
 		__sync_fetch_and_add(&s->hdr.events, 1);

@@ -8,8 +8,9 @@
  *
  * Writers:
  *   kgmp_hdr        runtime (nglobal, under the scheduler lock); BPF (anomaly counters)
- *   kgmp_p_shared   lease, runq_len, schedtick: the runtime only (schedtick: the P's holder, one
- *                   relaxed store per G started in execute()). The BPF side never writes any.
+ *   kgmp_p_shared   lease, runq_len, schedtick, spare_held: the runtime only (schedtick: the P's
+ *                   holder, one relaxed store per G started in execute(); spare_held: the holder
+ *                   and the P's watcher). The BPF side never writes any.
  *   kgmp_m_shared   tid..blocking_since_ns: the runtime (scx_kgmp derives how long a G runs
  *                   from kgmp_p_shared::schedtick, not from this slot); blocks/wakes/last_*: BPF.
  */
@@ -58,8 +59,18 @@ struct kgmp_p_shared {
   __u64 schedtick; /* Gs started on this P so far (Go's pd.schedtick): it changes whenever a new
                     * G runs, so scx_kgmp's tick sees a G that has run too long without a clock
                     * read on the runtime's side (Go's sysmon: schedtick / schedwhen) */
-  __u64 pad[5];
+  __u32 spare_held; /* trace: P p's watcher M is held runnable at SCHED_IDLE on p's CPU
+                     * (KGMP_SPARE_*); written by the runtime only, read by BPF to skip the
+                     * ring's wakeup (the held spare is what the CPU runs next anyway) */
+  __u32 pad32;
+  __u64 pad[4];
 };
+
+/* kgmp_p_shared::spare_held. SLEEPING -> REQUESTED: the holder (CAS, then it wakes the watcher);
+ * REQUESTED -> HELD -> SLEEPING: the watcher. Only HELD lets BPF skip the wakeup. */
+#define KGMP_SPARE_SLEEPING 0u
+#define KGMP_SPARE_REQUESTED 1u
+#define KGMP_SPARE_HELD 2u
 
 struct kgmp_m_shared {
   __u32 tid;

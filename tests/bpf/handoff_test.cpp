@@ -6,8 +6,10 @@
 //
 // Needs root and BPF: each test skips with the reason when the trace monitor cannot load, and
 // fails instead under KGMP_REQUIRE_BPF=1 (scripts/test sets it where BPF works).
+#include <dirent.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <sched.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -27,6 +29,7 @@
 
 #include "../unit/blocking_util.h"
 #include "export_test.h"
+#include "kgmp_trace.h"
 #include "kgmp/kgmp.h"
 
 // The monitor under test: trace here; tests/vm/scx_handoff_test.cpp includes this file with
@@ -35,6 +38,7 @@
 #ifndef KGMP_HANDOFF_MONITOR
 #define KGMP_HANDOFF_MONITOR "trace"
 #define KGMP_HANDOFF_REQUIRE "KGMP_REQUIRE_BPF"
+#define KGMP_HANDOFF_IS_TRACE 1
 #endif
 
 namespace {
@@ -209,5 +213,114 @@ TEST(TraceHandoff, RandomBlockingStressKeepsTheLeaseInvariant) {
   EXPECT_GT(st.handoffs, 0u) << "the stress never handed a P off";
   EXPECT_LT(st.threads, 200u) << "Ms must be reused, not created per block";
 }
+
+#ifdef KGMP_HANDOFF_IS_TRACE
+// Threads of this process whose policy is SCHED_IDLE (a held spare is; nothing else is).
+int threads_at_sched_idle() {
+  int n = 0;
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return -1;
+  while (dirent* e = readdir(d))
+    if (e->d_name[0] != '.' && sched_getscheduler(atoi(e->d_name)) == SCHED_IDLE) n++;
+  closedir(d);
+  return n;
+}
+
+// Polls cond (no runtime entry: this G keeps its P) for up to 5 s.
+template <class F>
+bool spin_until(F cond) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (!cond())
+    if (std::chrono::steady_clock::now() > end) return false;
+  return true;
+}
+
+// Held spares (trace.cpp): after a hand-off, a holder running a G with work queued gets its
+// core's watcher held runnable at SCHED_IDLE; a block then goes straight to it; once the P
+// goes idle the watcher lets go (back to SCHED_OTHER, asleep), so an idle runtime holds none.
+TEST(TraceHeldSpare, HeldWhileWorkIsQueuedAndLetGoWhenIdle) {
+  REQUIRE_TRACE();
+  int a[2], b[2];
+  ASSERT_EQ(pipe(a), 0);
+  ASSERT_EQ(pipe(b), 0);
+  bool holds = false;
+  std::uint32_t held_before_block = 0, held_when_idle = 99;
+  int idle_threads_held = -1, idle_threads_after = -1;
+  bool c_ran = false;
+  kgmp::run(
+      [&] {
+        holds = kgmp::internal::hold_spares_now();
+        if (!holds) return;
+        // 1. A first hand-off gives the P its hold credit: B blocks in read() while this G
+        //    waits in the run queue.
+        kgmp::WaitGroup wg;
+        wg.add(1);
+        kgmp::go([&] {
+          char c;
+          (void)!read(a[0], &c, 1);
+          wg.done();
+        });
+        kgmp::yield();  // B runs and blocks; the watcher takes the P and runs us
+        char x = 'x';
+        (void)!write(a[1], &x, 1);
+        wg.wait();
+        // 2. Work queued behind this G (C): the watcher is asked to hold, and does.
+        wg.add(1);
+        kgmp::go([&] {
+          c_ran = true;
+          char y = 'y';
+          (void)!write(b[1], &y, 1);
+          wg.done();
+        });
+        if (spin_until([] { return kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD; }))
+          held_before_block = KGMP_SPARE_HELD;
+        idle_threads_held = threads_at_sched_idle();
+        // 3. Block without telling the runtime: the held watcher runs C, which frees us.
+        char c;
+        (void)!read(b[0], &c, 1);
+        wg.wait();
+        // 4. Idle: the watcher lets go.
+        kgmp::sleep_for(std::chrono::milliseconds(50));
+        held_when_idle = kgmp::internal::spare_held_now(0);
+        idle_threads_after = threads_at_sched_idle();
+      },
+      kgmp::Config{.procs = 1});
+  for (int fd : {a[0], a[1], b[0], b[1]}) close(fd);
+  ASSERT_TRUE(holds) << "trace with pinned Ps and root should hold spares (KGMP_TRACE_SPARE?)";
+  EXPECT_EQ(held_before_block, KGMP_SPARE_HELD) << "no held watcher with work queued";
+  EXPECT_EQ(idle_threads_held, 1) << "the held watcher should be the one SCHED_IDLE thread";
+  EXPECT_TRUE(c_ran);
+  EXPECT_GE(kgmp::internal::last_run_stats().handoffs, 2u);
+  EXPECT_EQ(held_when_idle, KGMP_SPARE_SLEEPING) << "an idle P's watcher must not stay held";
+  EXPECT_EQ(idle_threads_after, 0) << "a watcher that let go must be back at SCHED_OTHER";
+}
+
+// The same hand-off with KGMP_TRACE_SPARE=sleep: the watcher sleeps on the ring and the
+// kernel wakes it (the path held spares fall back to).
+TEST(TraceHeldSpare, SleepingWatcherStillHandsOff) {
+  REQUIRE_TRACE();
+  setenv("KGMP_TRACE_SPARE", "sleep", 1);
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  auto release = [&] {
+    char c = 'x';
+    (void)!write(fds[1], &c, 1);
+  };
+  Rescue rescue(release);
+  bool holds = true;
+  long during = progress_while_blocked(
+      [&] {
+        holds = kgmp::internal::hold_spares_now();
+        char c;
+        (void)!read(fds[0], &c, 1);
+      },
+      release);
+  unsetenv("KGMP_TRACE_SPARE");
+  EXPECT_FALSE(holds);
+  EXPECT_GT(during, 0) << "the P was not handed off while read() blocked";
+  close(fds[0]);
+  close(fds[1]);
+}
+#endif
 
 }  // namespace

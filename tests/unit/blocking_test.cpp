@@ -168,6 +168,18 @@ TEST(MonitorConfig, BadMonitorName) {
   EXPECT_EQ(s.message(), "KGMP_MONITOR=\"magic\" is not a monitor; use auto, scx, trace or poll, or unset it");
 }
 
+TEST(MonitorConfig, BadSparePolicy) {
+  setenv("KGMP_TRACE_SPARE", "spin", 1);
+  absl::Status s = kgmp::check_config();
+  unsetenv("KGMP_TRACE_SPARE");
+  EXPECT_EQ(s.message(),
+            "KGMP_TRACE_SPARE=\"spin\" is not a spare policy; use held (the trace monitor keeps "
+            "each core's spare runnable at SCHED_IDLE) or sleep, or unset it");
+  setenv("KGMP_TRACE_SPARE", "sleep", 1);
+  EXPECT_TRUE(kgmp::check_config().ok());
+  unsetenv("KGMP_TRACE_SPARE");
+}
+
 TEST(MonitorConfig, BlockingOutsideTheRuntimeJustCalls) {
   EXPECT_EQ(kgmp::blocking([] { return 42; }), 42);
 }

@@ -52,6 +52,9 @@ struct Monitor {
   virtual bool has_watchers() const { return false; }
   virtual int watch(int p, std::uint64_t* lease, int timeout_ms) { return 0; }
   virtual void wake_watcher(int p) {}
+  // Whether watchers may be held runnable at SCHED_IDLE (trace: kgmp_p_shared::spare_held, set
+  // by the runtime when pinned and KGMP_TRACE_SPARE allows; see trace.cpp).
+  virtual bool can_hold_spares() const { return false; }
   // Something changed that the polling backstop should look at now (a P left the idle list,
   // a watcher took its P). Cheap when nothing sleeps. Caller: any thread.
   virtual void kick() {}

@@ -17,11 +17,38 @@
 // period and starts missing watchers. kgmp::blocking() hands the P off eagerly (Go's
 // entersyscallblock): the kernel would report it anyway, this only saves the latency.
 //
+// Held spares (KGMP_TRACE_SPARE=held, the default when Ps are pinned): the ring's wakeup is an
+// irq_work self-IPI in the blocked M's switch path, ~7 us here, and the woken watcher then
+// starts cold. So while P p has work queued behind a running G, and a hand-off happened on p
+// lately (P::hold_credit), p's watcher is instead held *runnable* at SCHED_IDLE on p's CPU
+// (kgmp_p_shared::spare_held = HELD). It never competes with the holder (weight 3 against
+// 1024: EEVDF picks it about once a second of the holder's CPU time, and it yields at once),
+// but when the holder blocks, the CPU has nothing better to run: the kernel switches straight
+// to the watcher, which finds the event BPF posted without a wakeup, CASes the lease and
+// runs p. One context switch, no IPI. The watcher lets go (back to SCHED_OTHER, asleep on the
+// ring) as soon as it finds p with no work or its holder not in G code, so an idle core
+// still halts and an idle runtime burns nothing.
+//
+// The racy protocol of spare_held (all on p's CPU: the holder and the watcher are pinned there,
+// so the watcher never runs while BPF runs in the holder's switch):
+//   holder (exit_runtime, with work queued): CAS SLEEPING -> REQUESTED, then wake_watcher(p).
+//   watcher: REQUESTED -> HELD (policy SCHED_IDLE), loop { take an event; yield }; to let go:
+//     store SLEEPING, then read the ring once more, then sleep on it. BPF skips the wakeup only
+//     for HELD, so an event posted before the SLEEPING store is found by that last read and
+//     one posted after it wakes the ring as usual.
+//   A holder found blocked while HELD with work queued but no event (the work came after its
+//   switch) is handed off by the watcher itself, as the backstop would a period later.
+//
 // Rejected: a monitor thread reading one ring for all Ps (two wakeups, 25-52 us: design B);
 // bpf_send_signal to the spare (deferred through irq_work like the ring: no faster, design G);
-// a spare kept runnable at SCHED_IDLE (3.6 us, but the core never halts: that is the scx
-// monitor's job, where the scheduler holds the spare without burning the core).
+// a spare always runnable at SCHED_IDLE (3.6 us, but the core never halts: held spares above
+// are that, only while a hand-off is likely); a watcher that spins at SCHED_OTHER (it halves
+// the holder's CPU).
+#include <sched.h>
+
+#include <atomic>
 #include <cerrno>
+#include <thread>
 #include <vector>
 
 #include "monitor.h"
@@ -51,6 +78,7 @@ class TraceMonitor final : public Monitor {
   const kgmp_cores* cores() const override { return bpf_->cores(); }
   void start() override { backstop_->start(); }
   void stop() override {
+    stopping_.store(true, std::memory_order_release);
     for (auto& r : rings_) r->wake();
     backstop_->stop();
   }
@@ -70,29 +98,113 @@ class TraceMonitor final : public Monitor {
 
   bool has_watchers() const override { return true; }
 
+  // Caller: the watcher M of P p, on its own thread (pinned to p's CPU if spares are held).
   int watch(int p, std::uint64_t* lease, int timeout_ms) override {
     TraceBpf::Ring& ring = *rings_[static_cast<std::size_t>(p)];
+    std::atomic_ref<__u32> held(bpf_->shared()->p[p].spare_held);
     for (;;) {
+      if (held.load(std::memory_order_acquire) == KGMP_SPARE_REQUESTED) {
+        if (int r = hold(p, ring, lease); r != 0) return r;
+      }
       int r = ring.wait(timeout_ms);
       if (r == -EINTR) continue;
+      if (r == 2 && held.load(std::memory_order_acquire) == KGMP_SPARE_REQUESTED &&
+          !stopping_.load(std::memory_order_acquire))
+        continue;  // the holder asked for a held spare: that is what the wake was
       if (r != 1) return r == 2 ? 2 : 0;
-      // Several events may be pending (a P blocked twice): only the newest lease can win.
-      bool any = false;
-      ring.consume([&](const kgmp_block_event& ev) {
-        *lease = ev.lease;
-        any = true;
-      });
-      if (any) return 1;
+      if (take_event(ring, lease)) return 1;
     }
   }
 
   void wake_watcher(int p) override { rings_[static_cast<std::size_t>(p)]->wake(); }
 
+  bool can_hold_spares() const override { return can_hold_; }
+
  private:
+  // Several events may be pending (a P blocked twice): only the newest lease can win.
+  static bool take_event(TraceBpf::Ring& ring, std::uint64_t* lease) {
+    bool any = false;
+    ring.consume([&](const kgmp_block_event& ev) {
+      *lease = ev.lease;
+      any = true;
+    });
+    return any;
+  }
+
+  // Holds the watcher of P p runnable at SCHED_IDLE until p's holder blocks (returns 1 with
+  // *lease to CAS from), the monitor stops (2), or a hand-off stops being likely: p has no work
+  // or its holder is not in G code (0: the caller sleeps on the ring). See the design comment
+  // for the protocol. Caller: the watcher of p, from watch().
+  int hold(int p, TraceBpf::Ring& ring, std::uint64_t* lease) {
+    kgmp_shared* sh = bpf_->shared();
+    std::atomic_ref<__u32> held(sh->p[p].spare_held);
+    std::atomic_ref<__u64> lw(sh->p[p].lease);
+    set_policy(SCHED_IDLE);
+    held.store(KGMP_SPARE_HELD, std::memory_order_seq_cst);
+    int r = 0;
+    for (;;) {
+      if (take_event(ring, lease)) {
+        r = 1;
+        break;
+      }
+      if (stopping_.load(std::memory_order_acquire)) {
+        r = 2;
+        break;
+      }
+      std::uint64_t w = lw.load(std::memory_order_acquire);
+      if (KGMP_LEASE_STATE(w) != KGMP_LEASE_USER) break;
+      if (std::atomic_ref<__u32>(sh->p[p].runq_len).load(std::memory_order_relaxed) == 0 &&
+          std::atomic_ref<__u32>(sh->hdr.nglobal).load(std::memory_order_relaxed) == 0)
+        break;
+      // Picked while the holder runs G code with work queued: either it blocked after BPF's
+      // check (no event), or the holder is runnable and we got our rare turn.
+      std::uint32_t h = KGMP_LEASE_HOLDER(w);
+      if (h < KGMP_MAX_MS) {
+        kgmp_m_shared& hm = sh->m[h];
+        std::uint64_t b = std::atomic_ref<__u64>(hm.last_block_ns).load(std::memory_order_acquire);
+        std::uint64_t wk = std::atomic_ref<__u64>(hm.last_wake_ns).load(std::memory_order_acquire);
+        if (b > wk) {
+          *lease = w;
+          r = 1;
+          break;
+        }
+      }
+      sched_yield();
+    }
+    held.store(KGMP_SPARE_SLEEPING, std::memory_order_seq_cst);
+    if (r == 0 && take_event(ring, lease)) r = 1;  // posted without a wakeup before the store
+    set_policy(SCHED_OTHER);
+    return r;
+  }
+
+  // This thread's policy (nice unchanged). SCHED_IDLE -> SCHED_OTHER needs CAP_SYS_NICE or a
+  // RLIMIT_NICE allowing nice 0: can_hold_ says it was probed to work.
+  static void set_policy(int policy) {
+    sched_param sp{};
+    (void)sched_setscheduler(0, policy, &sp);
+  }
+
   std::unique_ptr<TraceBpf> bpf_;
   std::vector<std::unique_ptr<TraceBpf::Ring>> rings_;
   std::unique_ptr<Monitor> backstop_;
+  std::atomic<bool> stopping_{false};
+
+ public:
+  bool can_hold_ = false;
 };
+
+// Whether a thread of this process may go to SCHED_IDLE and come back (tried on a scratch
+// thread: a thread stuck at SCHED_IDLE would be starved by any other task).
+bool can_leave_sched_idle() {
+  bool ok = false;
+  std::thread t([&ok] {
+    sched_param sp{};
+    if (sched_setscheduler(0, SCHED_IDLE, &sp) != 0) return;
+    ok = sched_setscheduler(0, SCHED_OTHER, &sp) == 0;
+  });
+  t.join();
+  return ok;
+}
 
 }  // namespace
 
@@ -111,6 +223,7 @@ absl::StatusOr<std::unique_ptr<Monitor>> make_trace_monitor(int nprocs, int* sha
   }
   auto mon = std::make_unique<TraceMonitor>(std::move(*bpf), std::move(rings));
   mon->reason = std::string("tp_btf/sched_switch attached, libbpf ") + TraceBpf::libbpf_version();
+  mon->can_hold_ = can_leave_sched_idle();
   return mon;
 }
 #endif

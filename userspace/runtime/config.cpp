@@ -82,6 +82,14 @@ absl::StatusOr<Resolved> resolve_config(const Config& in) {
           "KGMP_MONITOR=\"%s\" is not a monitor; use auto, scx, trace or poll, or unset it", m));
     r.monitor = m;
   }
+  if (const char* sp = std::getenv("KGMP_TRACE_SPARE"); sp != nullptr) {
+    std::string v(sp);
+    if (v != "held" && v != "sleep")
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "KGMP_TRACE_SPARE=\"%s\" is not a spare policy; use held (the trace monitor keeps "
+          "each core's spare runnable at SCHED_IDLE) or sleep, or unset it", v));
+    r.hold_spares = v == "held";
+  }
 
   if (in.max_threads < procs)
     return absl::InvalidArgumentError(absl::StrFormat(

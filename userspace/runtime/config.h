@@ -13,6 +13,7 @@ struct Resolved {
   Config cfg;             // procs filled in, stack_size rounded up to pages
   std::vector<int> cpus;  // CPU of P i, i < cfg.procs (the affinity mask's CPUs, in order)
   std::string monitor = "auto";  // KGMP_MONITOR: auto, scx, trace or poll
+  bool hold_spares = true;       // KGMP_TRACE_SPARE: held (true) or sleep
 };
 absl::StatusOr<Resolved> resolve_config(const Config& cfg);
 

@@ -34,6 +34,10 @@ std::size_t live_stacks_now();
 // The P of the calling G and the CPU it is bound to (-1 outside a G).
 int current_p();
 int current_p_cpu();
+// Held spares (monitor/trace.cpp): whether this run holds them, and P p's kgmp_p_shared::
+// spare_held (KGMP_SPARE_*). Caller: a G of a run.
+bool hold_spares_now();
+std::uint32_t spare_held_now(int p);
 // Checks the lease invariant at every runtime entry and exit of the next runs (costs an
 // atomic exchange each): never two Ms inside the runtime on one P.
 void set_lease_check_for_test(bool on);

@@ -355,6 +355,11 @@ static void start_m(P* p, bool spinning) {
 
 // ---- watchers (monitors that report blocks on a per-P event source: trace) ----
 
+// Held-spare requests a P may make after a hand-off before it must hand off again (trace.cpp):
+// enough to cover the bursts between hand-offs of a blocking workload, few enough that a P
+// whose Gs stopped blocking stops paying a wakeup per request.
+static constexpr std::uint32_t kHoldCredit = 64;
+
 // P index a watcher of m's pool would watch: its own P when pinned, else any P missing one.
 static int watcher_slot_for(M* m) {
   if (sched->watcher_missing.empty()) return -1;
@@ -377,6 +382,8 @@ static bool become_watcher(M* m) {
 // Parks the watcher m on P watch_p's event source until it can take that P (a block event whose
 // lease it wins by CAS), or, on a timer deadline, takes P back if idle. Returns false once the
 // runtime stops. Caller: m, P-less, on g0.
+static void hold_self(P* p);
+
 static bool watch_for_p(M* m) {
   P* p = &sched->allp[m->watch_p];
   m->tstate.store(MState::kWatcher, std::memory_order_relaxed);
@@ -388,6 +395,7 @@ static bool watch_for_p(M* m) {
       timeout = ms < 0 ? 0 : static_cast<int>(ms);
     }
     std::uint64_t lease = 0;
+    hold_self(p);
     int r = sched->monitor->watch(m->watch_p, &lease, timeout);
     if (sched->stopping.load(std::memory_order_acquire)) break;
     bool got = false;
@@ -395,6 +403,7 @@ static bool watch_for_p(M* m) {
       got = handoff_p(p, lease);
       if (got) {
         p->m = nullptr;
+        if (sched->hold_spares) p->hold_credit.store(kHoldCredit, std::memory_order_relaxed);
         if (counters_on) {
           p->c.handoffs_in.add();
           // How long the P stood still: from the kernel's switch-out of its blocked M (BPF's
@@ -418,9 +427,13 @@ static bool watch_for_p(M* m) {
       acquire_p(m, p);
       m->watcher = false;
       m->tstate.store(MState::kRunning, std::memory_order_relaxed);
-      sched->watcher_missing[static_cast<std::size_t>(m->watch_p)].store(true, std::memory_order_release);
+      int pi = m->watch_p;
+      sched->watcher_missing[static_cast<std::size_t>(pi)].store(true, std::memory_order_release);
       m->watch_p = -1;
-      sched->monitor->kick();  // the backstop refills the watcher if no M comes back soon
+      if (r == 1)
+        sched->monitor->kick();  // the blocked M comes back as the watcher, else the backstop
+      else
+        start_watcher(pi);  // a timer: no M is coming back; the next block needs a watcher
       return true;
     }
   }
@@ -996,6 +1009,44 @@ void enter_runtime() {
   lost_p(m);
 }
 
+// Whether p has work queued behind its running G, as BPF sees it (runq_len, nglobal).
+static bool work_queued(P* p) {
+  return std::atomic_ref<__u32>(p->sh->runq_len).load(std::memory_order_relaxed) != 0 ||
+         std::atomic_ref<__u32>(sched->shared->hdr.nglobal).load(std::memory_order_relaxed) != 0;
+}
+
+// Asks for p's watcher to be held runnable (trace.cpp's held spares) when work is queued behind
+// the G about to run and p handed off lately: if this M blocks in the kernel, the CPU then
+// switches straight to the watcher instead of waking it through an IPI. The wakeup is followed
+// by a yield, so the watcher (pinned here) is held before this M can block: a watcher woken
+// from a long sleep takes 30 us to get there, which would otherwise be the hand-off's latency.
+// Caller: p's holder, with p->hold_credit != 0.
+static void hold_spare(P* p) {
+  std::atomic_ref<__u32> held(p->sh->spare_held);
+  if (held.load(std::memory_order_relaxed) != KGMP_SPARE_SLEEPING || !work_queued(p)) return;
+  p->hold_credit.store(p->hold_credit.load(std::memory_order_relaxed) - 1,
+                       std::memory_order_relaxed);
+  __u32 sleeping = KGMP_SPARE_SLEEPING;
+  if (held.compare_exchange_strong(sleeping, KGMP_SPARE_REQUESTED, std::memory_order_acq_rel)) {
+    sched->monitor->wake_watcher(p->id);
+    sched_yield();
+  }
+}
+
+// The watcher's own request, before it sleeps: the same test as hold_spare, so an M that comes
+// back P-less while its P's holder runs with work queued is held at once, without a wakeup.
+// Caller: p's watcher.
+static void hold_self(P* p) {
+  std::atomic_ref<__u32> held(p->sh->spare_held);
+  if (!sched->hold_spares || p->hold_credit.load(std::memory_order_relaxed) == 0 ||
+      held.load(std::memory_order_relaxed) != KGMP_SPARE_SLEEPING ||
+      KGMP_LEASE_STATE(lease_ref(p).load(std::memory_order_relaxed)) != KGMP_LEASE_USER ||
+      !work_queued(p))
+    return;
+  __u32 sleeping = KGMP_SPARE_SLEEPING;
+  held.compare_exchange_strong(sleeping, KGMP_SPARE_REQUESTED, std::memory_order_acq_rel);
+}
+
 void exit_runtime() {
   M* m = getm();
   if (m == nullptr || --m->rt_depth > 0) return;
@@ -1007,6 +1058,7 @@ void exit_runtime() {
   m->lease_expect = u;
   owner_out(p);
   l.store(u, std::memory_order_release);
+  if (p->hold_credit.load(std::memory_order_relaxed) != 0) hold_spare(p);
 }
 
 bool handoff_p(P* p, LeaseWord observed) {
@@ -1567,6 +1619,7 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
           sched->nprocs, KGMP_MAX_PROCS);
   sched->m_by_id.reset(new std::atomic<M*>[static_cast<std::size_t>(sched->cfg.max_threads) + 1]());
   choose_monitor(r->monitor);
+  sched->hold_spares = r->hold_spares && sched->cfg.pin && sched->monitor->can_hold_spares();
   sched->shared = sched->monitor->shared();
   if (sched->shared == nullptr) {
     sched->shared = static_cast<kgmp_shared*>(
@@ -1680,6 +1733,11 @@ int current_p() {
 int current_p_cpu() {
   M* m = getm();
   return m != nullptr && m->p != nullptr ? m->p->cpu : -1;
+}
+bool hold_spares_now() { return sched != nullptr && sched->hold_spares; }
+std::uint32_t spare_held_now(int p) {
+  if (sched == nullptr || p < 0 || p >= sched->nprocs) return KGMP_SPARE_SLEEPING;
+  return std::atomic_ref<__u32>(sched->allp[p].sh->spare_held).load(std::memory_order_acquire);
 }
 
 }  // namespace internal

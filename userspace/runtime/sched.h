@@ -118,6 +118,10 @@ struct alignas(64) P {
   PCounters c;
   std::atomic<TraceBuf*> tbuf{nullptr};  // the trace recorder's buffer for this P, if any
   std::atomic<int> rt_owner{-1};  // with the lease checker: the M inside the runtime on it
+  // Held spares (trace.cpp): how many more times the holder may ask for its watcher to be held
+  // runnable. Refilled by every hand-off of this P, so a P that never hands off stops asking.
+  // Written by the holder; atomic (relaxed) only for the watcher's racy read.
+  std::atomic<std::uint32_t> hold_credit{0};
 };
 
 // The lease word of p as an atomic (it lives in shared memory, a plain __u64 for BPF).
@@ -197,6 +201,7 @@ struct Sched {
   kgmp_shared* shared = nullptr;
   bool shared_owned = false;
   bool publish_work = false;  // keep kgmp_p_shared::runq_len and hdr.nglobal current
+  bool hold_spares = false;   // trace with pinned Ps: holders ask for held watchers (trace.cpp)
   struct Monitor* monitor = nullptr;
   // Preemption requests (DESIGN §5): one word per M slot (kgmp_scx_state::preempt), null
   // unless the scx monitor is active. Written by the scx monitor only: set in start(), cleared
