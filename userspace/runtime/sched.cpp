@@ -1029,7 +1029,9 @@ static void hold_spare(P* p) {
   __u32 sleeping = KGMP_SPARE_SLEEPING;
   if (held.compare_exchange_strong(sleeping, KGMP_SPARE_REQUESTED, std::memory_order_acq_rel)) {
     sched->monitor->wake_watcher(p->id);
-    sched_yield();
+    // A few yields, not one: a watcher that was not eligible yet (EEVDF lag) is passed over.
+    for (int i = 0; i < 8 && held.load(std::memory_order_acquire) != KGMP_SPARE_HELD; i++)
+      sched_yield();
   }
 }
 
