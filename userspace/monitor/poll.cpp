@@ -11,6 +11,12 @@
 // appearing, a watcher taking its P) wakes it. So a runtime whose Gs are all parked costs
 // nothing, as in Go.
 //
+// The backstop (the polling half of trace) differs in two ways, both because BPF reports the
+// blocks and the backstop only covers misses: it backs off after 5 rounds, not 50, and a kick
+// wakes it only if a P has no watcher or a P's holder is blocked (BPF's stamps). Its ticks run
+// on the CPU it was started from, the first P's: woken for nothing on every wake_p, its bursts
+// of 20 us ticks preempted the Ms of a P in the middle of a hand-off.
+//
 // Rejected: polling every P's lease without back-off (11-28 % of a core on the development
 // machine, latency-limits.md D1/D2); signals to the blocked M (it is in the kernel: nothing to
 // run there).
@@ -33,9 +39,21 @@ class PollMonitor final : public Monitor {
   explicit PollMonitor(bool backstop) : backstop_(backstop) {}
   const char* name() const override { return "poll"; }
   // Work appeared or a watcher left: only the backstop cares (the poll monitor watches
-  // kgmp::blocking() sections, and enter_blocking wakes it).
+  // kgmp::blocking() sections, and enter_blocking wakes it), and only if it has something to
+  // do: a P without a watcher, or a P whose holder BPF saw blocked (its block was not reported
+  // because the P had no work then). Otherwise its wakeup and rounds of 20 us ticks would land
+  // on the CPU of the P about to hand off (measured: trace hand-off after an idle period,
+  // p50 21 -> 10 us without them). Caller: any thread (wake_p after queueing a G).
   void kick() override {
-    if (backstop_ && sleeping_.load(std::memory_order_seq_cst)) note_.wakeup();
+    if (!backstop_ || !sleeping_.load(std::memory_order_seq_cst)) return;
+    for (const auto& w : sched->watcher_missing)
+      if (w.load(std::memory_order_relaxed)) return note_.wakeup();
+    for (int i = 0; i < sched->nprocs; i++) {
+      LeaseWord w = lease_ref(&sched->allp[i]).load(std::memory_order_acquire);
+      if (KGMP_LEASE_STATE(w) != KGMP_LEASE_USER) continue;
+      M* holder = sched->m_by_id[KGMP_LEASE_HOLDER(w)].load(std::memory_order_acquire);
+      if (holder != nullptr && blocked(holder)) return note_.wakeup();
+    }
   }
 
   void start() override {
@@ -140,9 +158,9 @@ class PollMonitor final : public Monitor {
     std::int64_t delay = 20'000;
     int idle = 0, quiet = 0;
     while (!stop_.load(std::memory_order_acquire)) {
-      // Nothing to watch for 50 rounds in a row: sleep until kicked (Go's sysmonwait), so an
-      // idle runtime costs no wakeups at all.
-      if (nothing_to_watch() && ++quiet > 50) {
+      // Nothing to watch for idle_rounds_ rounds in a row: sleep until kicked (Go's
+      // sysmonwait), so an idle runtime costs no wakeups at all.
+      if (nothing_to_watch() && ++quiet > idle_rounds_) {
         sleeping_.store(true, std::memory_order_seq_cst);
         if (nothing_to_watch() && !stop_.load(std::memory_order_acquire)) note_.sleep();
         sleeping_.store(false, std::memory_order_relaxed);
@@ -159,13 +177,17 @@ class PollMonitor final : public Monitor {
       if (retake(nanotime()) > 0) {
         idle = 0;
         delay = 20'000;
-      } else if (++idle > 50 && delay < 10'000'000) {
+      } else if (++idle > idle_rounds_ && delay < 10'000'000) {
         delay = delay * 2 > 10'000'000 ? 10'000'000 : delay * 2;
       }
     }
   }
 
   const bool backstop_;
+  // Rounds at 20 us before the period doubles: Go's 50 for the poll monitor, whose ticks are
+  // the hand-off; 5 for the backstop, which only covers what BPF missed (rare), so that each
+  // kick costs ~6 wakeups rather than ~55.
+  const int idle_rounds_ = backstop_ ? 5 : 50;
   std::vector<bool> missing_seen_;
   pthread_t thread_{};
   Note note_;
