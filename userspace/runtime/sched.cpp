@@ -431,7 +431,7 @@ static bool watch_for_p(M* m) {
       sched->watcher_missing[static_cast<std::size_t>(pi)].store(true, std::memory_order_release);
       m->watch_p = -1;
       if (r == 1)
-        sched->monitor->kick();  // the blocked M comes back as the watcher, else the backstop
+        p->kick_backstop = true;  // see enter_runtime
       else
         start_watcher(pi);  // a timer: no M is coming back; the next block needs a watcher
       return true;
@@ -998,10 +998,21 @@ static void __attribute__((noinline)) gopreempt(M* m, std::uint32_t* w) {
   leave_g(After::kPreempt);
 }
 
+// After a watcher took P p, its blocked M usually comes back as p's watcher. If it has not by
+// the new holder's first runtime entry, the backstop is kicked to start one. Not at the hand-off
+// itself: waking the backstop is a cross-CPU wakeup (an IPI, several us in a VM) that would
+// delay the G the hand-off is for. Caller: p's holder, in the runtime.
+static void kick_backstop(P* p) {
+  p->kick_backstop = false;
+  if (sched->watcher_missing[static_cast<std::size_t>(p->id)].load(std::memory_order_acquire))
+    sched->monitor->kick();
+}
+
 void enter_runtime() {
   M* m = getm();
   if (m == nullptr || m->rt_depth++ > 0) return;
   if (m->p != nullptr && lease_enter(m, m->p)) {
+    if (__builtin_expect(m->p->kick_backstop, 0)) kick_backstop(m->p);
     if (std::uint32_t* w = preempt_requested(m); __builtin_expect(w != nullptr, 0))
       gopreempt(m, w);
     return;

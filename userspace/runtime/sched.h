@@ -122,6 +122,7 @@ struct alignas(64) P {
   // runnable. Refilled by every hand-off of this P, so a P that never hands off stops asking.
   // Written by the holder; atomic (relaxed) only for the watcher's racy read.
   std::atomic<std::uint32_t> hold_credit{0};
+  bool kick_backstop = false;  // a watcher took it: check at the next runtime entry (holder)
 };
 
 // The lease word of p as an atomic (it lives in shared memory, a plain __u64 for BPF).
