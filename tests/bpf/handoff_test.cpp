@@ -168,6 +168,100 @@ TEST(TraceHandoff, UnprivilegedFallsBackToPoll) {
       << "10: could not drop privileges, 12: did not fall back to poll, 13: no hand-off";
 }
 
+// A block BPF does not report (the P had no work at the switch) must still be handed off once
+// work appears: here the only other G sleeps on a timer of that P, so the work is a timer that
+// falls due while the P's holder sits in read(). The sleeper must wake (the watcher cannot
+// take a held P; the backstop hands it off, Go's 10 ms rule at the latest) and free the reader.
+TEST(TraceHandoff, TimerDueWhileTheHolderBlocksWithoutWorkStillFires) {
+  REQUIRE_TRACE();
+  int fds[2];
+  ASSERT_EQ(pipe(fds), 0);
+  auto release = [&] {
+    char c = 'x';
+    (void)!write(fds[1], &c, 1);
+  };
+  Rescue rescue(release);
+  std::atomic<int> seq{0}, slept{0}, read_done{0};  // order of the two events
+  kgmp::run(
+      [&] {
+        kgmp::WaitGroup wg;
+        wg.add(2);
+        kgmp::go([&] {
+          kgmp::sleep_for(std::chrono::milliseconds(5));
+          slept = ++seq;
+          release();
+          wg.done();
+        });
+        kgmp::go([&] {
+          char c;
+          (void)!read(fds[0], &c, 1);  // raw: the runtime is not told; nothing else is queued
+          read_done = ++seq;
+          wg.done();
+        });
+        wg.wait();
+      },
+      kgmp::Config{.procs = 1});
+  EXPECT_EQ(slept.load(), 1) << "the sleeper woke only after the reader was freed (by the "
+                                "test's 20 s rescue): the held P was never handed off";
+  EXPECT_EQ(read_done.load(), 2);
+  close(fds[0]);
+  close(fds[1]);
+}
+
+// CPU time (ns) of this process's threads other than the caller (schedstat's first field).
+std::uint64_t others_cpu_ns() {
+  std::uint64_t sum = 0;
+  const int self = static_cast<int>(syscall(SYS_gettid));
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return 0;
+  while (dirent* e = readdir(d)) {
+    if (e->d_name[0] == '.' || atoi(e->d_name) == self) continue;
+    std::string path = std::string("/proc/self/task/") + e->d_name + "/schedstat";
+    if (FILE* f = fopen(path.c_str(), "r")) {
+      unsigned long long ns = 0;
+      if (fscanf(f, "%llu", &ns) == 1) sum += ns;
+      fclose(f);
+    }
+  }
+  closedir(d);
+  return sum;
+}
+
+// A timer falls due while a G computes without entering the runtime: the holder runs it at its
+// next scheduling point, and meanwhile the P's watcher must sleep, not poll (it once spun on a
+// zero timeout and took half the CPU from the G).
+TEST(TraceHandoff, DueTimerBehindAComputingGDoesNotSpinTheWatcher) {
+  REQUIRE_TRACE();
+  std::uint64_t others = 0, mine = 0;
+  kgmp::run(
+      [&] {
+        kgmp::WaitGroup wg;
+        // First an idle P, so that it has a watcher (its M parks as one; the timer brings us
+        // back on it and a second M becomes the watcher).
+        kgmp::sleep_for(std::chrono::milliseconds(20));
+        wg.add(1);
+        kgmp::go([&] {
+          kgmp::sleep_for(std::chrono::milliseconds(5));
+          wg.done();
+        });
+        kgmp::yield();  // the sleeper's timer is set
+        std::uint64_t o0 = others_cpu_ns();
+        timespec c0, c1;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+        do {  // 300 ms of this G's own CPU time, no runtime entry
+          clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+        } while ((c1.tv_sec - c0.tv_sec) * 1'000'000'000LL + (c1.tv_nsec - c0.tv_nsec) <
+                 300'000'000LL);
+        others = others_cpu_ns() - o0;
+        mine = static_cast<std::uint64_t>((c1.tv_sec - c0.tv_sec) * 1'000'000'000LL +
+                                          (c1.tv_nsec - c0.tv_nsec));
+        wg.wait();
+      },
+      kgmp::Config{.procs = 1});
+  EXPECT_LT(others, mine / 10) << "other threads used " << others / 1000000 << " ms of CPU while "
+                               << "the G computed " << mine / 1000000 << " ms";
+}
+
 // Many Gs blocking at random (unmarked sleeps, marked sleeps, pipe reads) over every P, with the
 // runtime's lease checker on: never two Ms inside the runtime on one P, no G lost, Ms bounded.
 TEST(TraceHandoff, RandomBlockingStressKeepsTheLeaseInvariant) {

@@ -384,21 +384,50 @@ static bool become_watcher(M* m) {
 // runtime stops. Caller: m, P-less, on g0.
 static void hold_self(P* p);
 
+// Whether lease word w says USER with a holder BPF last saw switched out blocked (its block
+// stamp is newer than its wake stamp). Racy by nature: a hand-off CAS from w decides.
+static bool holder_blocked(LeaseWord w) {
+  if (KGMP_LEASE_STATE(w) != KGMP_LEASE_USER) return false;
+  std::uint32_t h = KGMP_LEASE_HOLDER(w);
+  if (h >= KGMP_MAX_MS) return false;
+  const kgmp_m_shared& ms = sched->shared->m[h];
+  return __atomic_load_n(&ms.last_block_ns, __ATOMIC_ACQUIRE) >
+         __atomic_load_n(&ms.last_wake_ns, __ATOMIC_ACQUIRE);
+}
+
 static bool watch_for_p(M* m) {
   P* p = &sched->allp[m->watch_p];
   m->tstate.store(MState::kWatcher, std::memory_order_relaxed);
+  int late_ms = 0;  // a due timer the holder has not run yet: back off 1 .. 10 ms, no spinning
   while (!sched->stopping.load(std::memory_order_acquire)) {
     std::int64_t e = earliest_timer();
     int timeout = -1;
     if (e != 0) {
       std::int64_t ms = (e - nanotime() + 999999) / 1000000;
-      timeout = ms < 0 ? 0 : static_cast<int>(ms);
+      timeout = ms < late_ms ? late_ms : static_cast<int>(ms);
     }
     std::uint64_t lease = 0;
     hold_self(p);
     int r = sched->monitor->watch(m->watch_p, &lease, timeout);
     if (sched->stopping.load(std::memory_order_acquire)) break;
     bool got = false;
+    if (r == 0) {  // a timer is due: run it if the P is idle
+      {
+        LockGuard l(sched->lock);
+        got = pidle_get(p) != nullptr;
+      }
+      // Or if its holder is blocked in the kernel: a block BPF did not report (the P had no
+      // work then), and the due timer is work now. Else the holder runs it at its next
+      // scheduling point; look again a little later.
+      LeaseWord w = lease_ref(p).load(std::memory_order_acquire);
+      if (!got && holder_blocked(w)) {
+        lease = w;
+        r = 1;
+      } else if (!got) {
+        late_ms = late_ms == 0 ? 1 : std::min(late_ms * 2, 10);
+      }
+    }
+    if (r != 0) late_ms = 0;
     if (r == 1) {
       got = handoff_p(p, lease);
       if (got) {
@@ -419,9 +448,6 @@ static bool watch_for_p(M* m) {
             p->c.handoff_lat.add(static_cast<std::uint64_t>(now) - ts);
         }
       }
-    } else if (r == 0) {  // a timer is due: run it if the P is idle
-      LockGuard l(sched->lock);
-      got = pidle_get(p) != nullptr;
     }
     if (got) {
       acquire_p(m, p);
