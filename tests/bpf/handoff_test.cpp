@@ -64,24 +64,39 @@ long progress_while_blocked(Block block, Release release) {
 }
 using kgmp_test::Rescue;
 
+// A pipe a G blocks on with a raw read(): release() frees it, and so does a Rescue after 20 s if
+// the test hangs (the fds are closed only after the Rescue's thread is joined).
+struct RescuedPipe {
+  struct Fds {
+    int r = -1, w = -1;
+    Fds() {
+      int f[2];
+      if (pipe(f) == 0) r = f[0], w = f[1];
+    }
+    ~Fds() {
+      if (r >= 0) close(r);
+      if (w >= 0) close(w);
+    }
+  } fds;
+  std::function<void()> release = [this] {
+    char c = 'x';
+    (void)!write(fds.w, &c, 1);
+  };
+  Rescue rescue{release};
+
+  bool ok() const { return fds.r >= 0; }
+  void read_one() {  // a raw read(): the runtime is not told
+    char c;
+    (void)!read(fds.r, &c, 1);
+  }
+};
+
 TEST(TraceHandoff, UnmarkedPipeRead) {
   REQUIRE_TRACE();
-  int fds[2];
-  ASSERT_EQ(pipe(fds), 0);
-  auto release = [&] {
-    char c = 'x';
-    (void)!write(fds[1], &c, 1);
-  };
-  Rescue rescue(release);
-  long during = progress_while_blocked(
-      [&] {
-        char c;
-        (void)!read(fds[0], &c, 1);  // a raw read(): the runtime is not told
-      },
-      release);
+  RescuedPipe p;
+  ASSERT_TRUE(p.ok());
+  long during = progress_while_blocked([&] { p.read_one(); }, p.release);
   EXPECT_GT(during, 0) << "the P was not handed off while read() blocked";
-  close(fds[0]);
-  close(fds[1]);
 }
 
 TEST(TraceHandoff, UnmarkedNanosleep) {
@@ -174,13 +189,8 @@ TEST(TraceHandoff, UnprivilegedFallsBackToPoll) {
 // take a held P; the backstop hands it off, Go's 10 ms rule at the latest) and free the reader.
 TEST(TraceHandoff, TimerDueWhileTheHolderBlocksWithoutWorkStillFires) {
   REQUIRE_TRACE();
-  int fds[2];
-  ASSERT_EQ(pipe(fds), 0);
-  auto release = [&] {
-    char c = 'x';
-    (void)!write(fds[1], &c, 1);
-  };
-  Rescue rescue(release);
+  RescuedPipe p;
+  ASSERT_TRUE(p.ok());
   std::atomic<int> seq{0}, slept{0}, read_done{0};  // order of the two events
   kgmp::run(
       [&] {
@@ -189,12 +199,11 @@ TEST(TraceHandoff, TimerDueWhileTheHolderBlocksWithoutWorkStillFires) {
         kgmp::go([&] {
           kgmp::sleep_for(std::chrono::milliseconds(5));
           slept = ++seq;
-          release();
+          p.release();
           wg.done();
         });
         kgmp::go([&] {
-          char c;
-          (void)!read(fds[0], &c, 1);  // raw: the runtime is not told; nothing else is queued
+          p.read_one();  // nothing else is queued: BPF does not report this block
           read_done = ++seq;
           wg.done();
         });
@@ -204,8 +213,6 @@ TEST(TraceHandoff, TimerDueWhileTheHolderBlocksWithoutWorkStillFires) {
   EXPECT_EQ(slept.load(), 1) << "the sleeper woke only after the reader was freed (by the "
                                 "test's 20 s rescue): the held P was never handed off";
   EXPECT_EQ(read_done.load(), 2);
-  close(fds[0]);
-  close(fds[1]);
 }
 
 // CPU time (ns) of this process's threads other than the caller (schedstat's first field).
@@ -334,9 +341,8 @@ bool spin_until(F cond) {
 // goes idle the watcher lets go (back to SCHED_OTHER, asleep), so an idle runtime holds none.
 TEST(TraceHeldSpare, HeldWhileWorkIsQueuedAndLetGoWhenIdle) {
   REQUIRE_TRACE();
-  int a[2], b[2];
-  ASSERT_EQ(pipe(a), 0);
-  ASSERT_EQ(pipe(b), 0);
+  RescuedPipe a, b;
+  ASSERT_TRUE(a.ok() && b.ok());
   bool holds = false;
   std::uint32_t held_before_block = 0, held_when_idle = 99;
   int idle_threads_held = -1, idle_threads_after = -1;
@@ -350,28 +356,24 @@ TEST(TraceHeldSpare, HeldWhileWorkIsQueuedAndLetGoWhenIdle) {
         kgmp::WaitGroup wg;
         wg.add(1);
         kgmp::go([&] {
-          char c;
-          (void)!read(a[0], &c, 1);
+          a.read_one();
           wg.done();
         });
         kgmp::yield();  // B runs and blocks; the watcher takes the P and runs us
-        char x = 'x';
-        (void)!write(a[1], &x, 1);
+        a.release();
         wg.wait();
         // 2. Work queued behind this G (C): the watcher is asked to hold, and does.
         wg.add(1);
         kgmp::go([&] {
           c_ran = true;
-          char y = 'y';
-          (void)!write(b[1], &y, 1);
+          b.release();
           wg.done();
         });
         if (spin_until([] { return kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD; }))
           held_before_block = KGMP_SPARE_HELD;
         idle_threads_held = threads_at_sched_idle();
         // 3. Block without telling the runtime: the held watcher runs C, which frees us.
-        char c;
-        (void)!read(b[0], &c, 1);
+        b.read_one();
         wg.wait();
         // 4. Idle: the watcher lets go.
         kgmp::sleep_for(std::chrono::milliseconds(50));
@@ -379,7 +381,6 @@ TEST(TraceHeldSpare, HeldWhileWorkIsQueuedAndLetGoWhenIdle) {
         idle_threads_after = threads_at_sched_idle();
       },
       kgmp::Config{.procs = 1});
-  for (int fd : {a[0], a[1], b[0], b[1]}) close(fd);
   ASSERT_TRUE(holds) << "trace with pinned Ps and root should hold spares (KGMP_TRACE_SPARE?)";
   EXPECT_EQ(held_before_block, KGMP_SPARE_HELD) << "no held watcher with work queued";
   EXPECT_EQ(idle_threads_held, 1) << "the held watcher should be the one SCHED_IDLE thread";
@@ -389,31 +390,77 @@ TEST(TraceHeldSpare, HeldWhileWorkIsQueuedAndLetGoWhenIdle) {
   EXPECT_EQ(idle_threads_after, 0) << "a watcher that let go must be back at SCHED_OTHER";
 }
 
+// A held watcher runs only when its CPU has nothing else to run. With another thread spinning
+// on that CPU (a CPU hog of another program), a block of the holder must still hand the P off
+// (the polling backstop does, within milliseconds), not wait for the hog to stop.
+TEST(TraceHeldSpare, CpuHogOnTheCoreDoesNotStrandTheP) {
+  REQUIRE_TRACE();
+  RescuedPipe a, b;
+  ASSERT_TRUE(a.ok() && b.ok());
+  bool holds = false;
+  std::atomic<bool> hog_stop{false};
+  std::atomic<int> seq{0}, c_ran{0}, main_back{0};
+  std::thread hog;
+  kgmp::run(
+      [&] {
+        holds = kgmp::internal::hold_spares_now();
+        if (!holds) return;
+        kgmp::WaitGroup wg;
+        wg.add(1);
+        kgmp::go([&] {  // a first hand-off: the P gets its hold credit
+          a.read_one();
+          wg.done();
+        });
+        kgmp::yield();
+        a.release();
+        wg.wait();
+        const int cpu = kgmp::internal::current_p_cpu();
+        hog = std::thread([&, cpu] {
+          cpu_set_t set;
+          CPU_ZERO(&set);
+          CPU_SET(cpu, &set);
+          sched_setaffinity(0, sizeof set, &set);
+          while (!hog_stop.load(std::memory_order_relaxed)) {
+          }
+        });
+        wg.add(1);
+        kgmp::go([&] {  // queued: the watcher is asked to hold
+          c_ran = ++seq;
+          b.release();
+          wg.done();
+        });
+        spin_until([] { return kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD; });
+        b.read_one();  // blocks with C queued; the held watcher is starved by the hog
+        main_back = ++seq;
+        wg.wait();
+        hog_stop = true;
+      },
+      kgmp::Config{.procs = 1});
+  hog_stop = true;
+  if (hog.joinable()) hog.join();
+  ASSERT_TRUE(holds);
+  EXPECT_EQ(c_ran.load(), 1) << "the P stayed behind the blocked holder until the test's 20 s "
+                                "rescue: the starved held watcher was not covered";
+  EXPECT_EQ(main_back.load(), 2);
+}
+
 // The same hand-off with KGMP_TRACE_SPARE=sleep: the watcher sleeps on the ring and the
 // kernel wakes it (the path held spares fall back to).
 TEST(TraceHeldSpare, SleepingWatcherStillHandsOff) {
   REQUIRE_TRACE();
   setenv("KGMP_TRACE_SPARE", "sleep", 1);
-  int fds[2];
-  ASSERT_EQ(pipe(fds), 0);
-  auto release = [&] {
-    char c = 'x';
-    (void)!write(fds[1], &c, 1);
-  };
-  Rescue rescue(release);
+  RescuedPipe p;
+  ASSERT_TRUE(p.ok());
   bool holds = true;
   long during = progress_while_blocked(
       [&] {
         holds = kgmp::internal::hold_spares_now();
-        char c;
-        (void)!read(fds[0], &c, 1);
+        p.read_one();
       },
-      release);
+      p.release);
   unsetenv("KGMP_TRACE_SPARE");
   EXPECT_FALSE(holds);
   EXPECT_GT(during, 0) << "the P was not handed off while read() blocked";
-  close(fds[0]);
-  close(fds[1]);
 }
 #endif
 

@@ -58,6 +58,9 @@ struct Monitor {
   // Something changed that the polling backstop should look at now (a P left the idle list,
   // a watcher took its P). Cheap when nothing sleeps. Caller: any thread.
   virtual void kick() {}
+  // A watcher is now held runnable at SCHED_IDLE (trace): the polling backstop covers the case
+  // where other tasks on its CPU starve it. Caller: that watcher.
+  virtual void kick_held() {}
   // One line for the log: what it is and why it was chosen.
   std::string reason;
 };

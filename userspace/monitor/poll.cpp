@@ -56,6 +56,16 @@ class PollMonitor final : public Monitor {
     }
   }
 
+  // A watcher was just held runnable at SCHED_IDLE (trace.cpp): any other task runnable on its
+  // CPU starves it, so the backstop must look at that P every few ms while it stays held and
+  // hand it off itself if its holder blocks meanwhile. Not at once: the hand-off this hold is
+  // for is due within microseconds, and a tick landing on it would only delay it.
+  void kick_held() override {
+    if (!backstop_ || !sleeping_.load(std::memory_order_seq_cst)) return;
+    first_delay_.store(1'000'000, std::memory_order_relaxed);
+    note_.wakeup();
+  }
+
   void start() override {
     seen_.assign(static_cast<std::size_t>(sched->nprocs), Seen{});
     missing_seen_.assign(sched->watcher_missing.size(), false);
@@ -166,7 +176,7 @@ class PollMonitor final : public Monitor {
         sleeping_.store(false, std::memory_order_relaxed);
         note_.clear();
         quiet = idle = 0;
-        delay = 20'000;
+        delay = first_delay_.exchange(20'000, std::memory_order_relaxed);
         continue;
       } else if (!nothing_to_watch()) {
         quiet = 0;
@@ -193,6 +203,7 @@ class PollMonitor final : public Monitor {
   Note note_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> sleeping_{false};
+  std::atomic<std::int64_t> first_delay_{20'000};  // the first period after a wakeup
   std::vector<Seen> seen_;
 };
 

@@ -31,13 +31,27 @@
 //
 // The racy protocol of spare_held (all on p's CPU: the holder and the watcher are pinned there,
 // so the watcher never runs while BPF runs in the holder's switch):
-//   holder (exit_runtime, with work queued): CAS SLEEPING -> REQUESTED, then wake_watcher(p).
+//   holder (exit_runtime, with work queued): CAS SLEEPING -> REQUESTED, wake_watcher(p), then
+//     sched_yield until HELD (at most 8): a watcher woken from a long sleep needs ~30 us of cold
+//     path to get there, which would otherwise land on the hand-off if the holder blocked first.
+//     A watcher that comes back P-less while the holder runs with work queued asks for itself
+//     (hold_self in sched.cpp), without a wakeup.
 //   watcher: REQUESTED -> HELD (policy SCHED_IDLE), loop { take an event; yield }; to let go:
 //     store SLEEPING, then read the ring once more, then sleep on it. BPF skips the wakeup only
 //     for HELD, so an event posted before the SLEEPING store is found by that last read and
 //     one posted after it wakes the ring as usual.
 //   A holder found blocked while HELD with work queued but no event (the work came after its
 //   switch) is handed off by the watcher itself, as the backstop would a period later.
+//   A held watcher runs only when its CPU has nothing better to run: another process's task
+//   that keeps the CPU busy delays it by the kernel's policy for weight-3 tasks (measured, a
+//   thread spinning on the CPU: the P was handed off ~3 ms after the block). So that the bound
+//   does not rest on that policy, a watcher going HELD wakes the polling backstop (kick_held),
+//   which then looks every 1 ms, backing off to 10 ms, and hands off a P whose holder BPF saw
+//   blocked for a whole period with work queued (to a SCHED_OTHER M, as any backstop
+//   hand-off): Go's sysmon bound.
+//
+// Measured (kgmp-bench handoff, 1 P, same run, bench/RESULTS.md): p50 1.5 us hot where the
+// sleeping watcher takes 16 us, and about 10 us after 50-200 ms of compute or idle (27-50 us).
 //
 // Rejected: a monitor thread reading one ring for all Ps (two wakeups, 25-52 us: design B);
 // bpf_send_signal to the spare (deferred through irq_work like the ring: no faster, design G);
@@ -141,6 +155,7 @@ class TraceMonitor final : public Monitor {
     std::atomic_ref<__u64> lw(sh->p[p].lease);
     set_policy(SCHED_IDLE);
     held.store(KGMP_SPARE_HELD, std::memory_order_seq_cst);
+    backstop_->kick_held();
     int r = 0;
     for (;;) {
       if (take_event(ring, lease)) {
