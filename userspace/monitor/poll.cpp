@@ -11,17 +11,26 @@
 // appearing, a watcher taking its P) wakes it. So a runtime whose Gs are all parked costs
 // nothing, as in Go.
 //
-// The backstop (the polling half of trace) differs in two ways, both because BPF reports the
-// blocks and the backstop only covers misses: it backs off after 5 rounds, not 50, and a kick
-// wakes it only if a P has no watcher or a P's holder is blocked (BPF's stamps). Its ticks run
-// on the CPU it was started from, the first P's: woken for nothing on every wake_p, its bursts
-// of 20 us ticks preempted the Ms of a P in the middle of a hand-off.
+// The backstop (the polling half of trace) differs, because BPF reports the blocks and the
+// backstop only covers misses: it backs off after 5 rounds, not 50; a kick wakes it only if a
+// P has no watcher or a P's holder is blocked (BPF's stamps); and a watcher held runnable
+// (trace.cpp) arms a timer 1 ms ahead instead of waking it (its unbounded sleep polls an
+// eventfd and that timerfd). Its ticks run on the CPU it was started from, the first P's:
+// woken for nothing on every wake_p, its bursts of 20 us ticks preempted the Ms of a P in the
+// middle of a hand-off. (Moved off that CPU it costs more after a compute phase: 26 against
+// 11 us p50; its ticks there keep the CPU's switch path warm.)
 //
 // Rejected: polling every P's lease without back-off (11-28 % of a core on the development
 // machine, latency-limits.md D1/D2); signals to the blocked M (it is in the kernel: nothing to
 // run there).
+#include <poll.h>
 #include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <atomic>
 #include <cstdint>
@@ -47,26 +56,35 @@ class PollMonitor final : public Monitor {
   void kick() override {
     if (!backstop_ || !sleeping_.load(std::memory_order_seq_cst)) return;
     for (const auto& w : sched->watcher_missing)
-      if (w.load(std::memory_order_relaxed)) return note_.wakeup();
+      if (w.load(std::memory_order_relaxed)) return wake_sleeper();
     for (int i = 0; i < sched->nprocs; i++) {
       LeaseWord w = lease_ref(&sched->allp[i]).load(std::memory_order_acquire);
       if (KGMP_LEASE_STATE(w) != KGMP_LEASE_USER) continue;
       M* holder = sched->m_by_id[KGMP_LEASE_HOLDER(w)].load(std::memory_order_acquire);
-      if (holder != nullptr && blocked(holder)) return note_.wakeup();
+      if (holder != nullptr && blocked(holder)) return wake_sleeper();
     }
   }
 
   // A watcher was just held runnable at SCHED_IDLE (trace.cpp): any other task runnable on its
   // CPU starves it, so the backstop must look at that P every few ms while it stays held and
-  // hand it off itself if its holder blocks meanwhile. Not at once: the hand-off this hold is
-  // for is due within microseconds, and a tick landing on it would only delay it.
+  // hand it off itself if its holder blocks meanwhile. Not now: the hand-off this hold is for
+  // is due within microseconds, and the backstop's wakeup landing on it delayed it (trace
+  // hand-off after an idle period, p50 9 -> 25 us). So a sleeping backstop gets a timer 1 ms
+  // ahead (a timerfd it also sleeps on): no wakeup now, one tick after the hand-off.
   void kick_held() override {
-    if (!backstop_ || !sleeping_.load(std::memory_order_seq_cst)) return;
-    first_delay_.store(1'000'000, std::memory_order_relaxed);
-    note_.wakeup();
+    if (!backstop_ || !sleeping_.load(std::memory_order_seq_cst) ||
+        held_timer_armed_.exchange(true, std::memory_order_acq_rel))
+      return;
+    itimerspec its{};
+    its.it_value.tv_nsec = 1'000'000;
+    timerfd_settime(tfd_, 0, &its, nullptr);
   }
 
   void start() override {
+    if (backstop_) {
+      evfd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+      tfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
+    }
     seen_.assign(static_cast<std::size_t>(sched->nprocs), Seen{});
     missing_seen_.assign(sched->watcher_missing.size(), false);
     pthread_create(&thread_, nullptr, [](void* self) -> void* {
@@ -78,12 +96,42 @@ class PollMonitor final : public Monitor {
   void stop() override {
     stop_.store(true, std::memory_order_release);
     note_.wakeup();
+    if (backstop_) wake_sleeper();
     pthread_join(thread_, nullptr);
+    for (int fd : {evfd_, tfd_})
+      if (fd >= 0) close(fd);
   }
 
   void enter_blocking(M*) override {
     if (sleeping_.load(std::memory_order_seq_cst)) note_.wakeup();
   }
+
+ private:
+  // Wakes the unbounded sleep of loop(). Caller: any thread.
+  void wake_sleeper() {
+    if (!backstop_) return note_.wakeup();
+    std::uint64_t one = 1;
+    (void)!write(evfd_, &one, sizeof one);
+  }
+
+  // The unbounded sleep of loop(): the note (poll monitor), or the backstop's eventfd and
+  // timerfd. Returns whether the held-spare timer woke it. Caller: the poll thread.
+  bool sleep_unbounded() {
+    if (!backstop_) {
+      note_.sleep();
+      return false;
+    }
+    pollfd fds[2] = {{evfd_, POLLIN, 0}, {tfd_, POLLIN, 0}};
+    while (poll(fds, 2, -1) < 0 && errno == EINTR) {
+    }
+    std::uint64_t v;
+    (void)!read(evfd_, &v, sizeof v);
+    bool timer = read(tfd_, &v, sizeof v) == sizeof v;
+    if (timer) held_timer_armed_.store(false, std::memory_order_release);
+    return timer;
+  }
+
+ public:
 
  private:
   struct Seen {
@@ -172,11 +220,12 @@ class PollMonitor final : public Monitor {
       // sysmonwait), so an idle runtime costs no wakeups at all.
       if (nothing_to_watch() && ++quiet > idle_rounds_) {
         sleeping_.store(true, std::memory_order_seq_cst);
-        if (nothing_to_watch() && !stop_.load(std::memory_order_acquire)) note_.sleep();
+        bool timer = false;
+        if (nothing_to_watch() && !stop_.load(std::memory_order_acquire)) timer = sleep_unbounded();
         sleeping_.store(false, std::memory_order_relaxed);
         note_.clear();
         quiet = idle = 0;
-        delay = first_delay_.exchange(20'000, std::memory_order_relaxed);
+        delay = timer ? 1'000'000 : 20'000;  // the held-spare timer: 1 ms ticks, backing off
         continue;
       } else if (!nothing_to_watch()) {
         quiet = 0;
@@ -203,7 +252,10 @@ class PollMonitor final : public Monitor {
   Note note_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> sleeping_{false};
-  std::atomic<std::int64_t> first_delay_{20'000};  // the first period after a wakeup
+  // Backstop only: its unbounded sleep is a poll on an eventfd (kicks) and a timerfd (armed by
+  // kick_held), so that a held spare can ask for a tick later without waking it now.
+  int evfd_ = -1, tfd_ = -1;
+  std::atomic<bool> held_timer_armed_{false};
   std::vector<Seen> seen_;
 };
 

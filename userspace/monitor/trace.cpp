@@ -45,10 +45,11 @@
 //   A held watcher runs only when its CPU has nothing better to run: another process's task
 //   that keeps the CPU busy delays it by the kernel's policy for weight-3 tasks (measured, a
 //   thread spinning on the CPU: the P was handed off ~3 ms after the block). So that the bound
-//   does not rest on that policy, a watcher going HELD wakes the polling backstop (kick_held),
-//   which then looks every 1 ms, backing off to 10 ms, and hands off a P whose holder BPF saw
-//   blocked for a whole period with work queued (to a SCHED_OTHER M, as any backstop
-//   hand-off): Go's sysmon bound.
+//   does not rest on that policy, a watcher going HELD arms the polling backstop's timer
+//   (kick_held: 1 ms ahead, no wakeup now, which would land on the hand-off), and the backstop
+//   then looks every 1 ms, backing off to 10 ms, and hands off a P whose holder BPF saw blocked
+//   for a whole period with work queued (to a SCHED_OTHER M, as any backstop hand-off): Go's
+//   sysmon bound.
 //
 // Measured (kgmp-bench handoff, 1 P, same run, bench/RESULTS.md): p50 1.5 us hot where the
 // sleeping watcher takes 16 us, and about 10 us after 50-200 ms of compute or idle (27-50 us).
