@@ -77,45 +77,55 @@ struct FutexGate {
   }
 };
 
+// The shape itself, from a G of a running runtime with one P: returns how often the runner ran
+// (up to `rounds` times) while block() blocked. marked: run block() inside kgmp::blocking().
+// No gtest assertions, so that a forked child can use it too.
+template <class Block, class Release>
+long progress_in_run(bool marked, Block block, Release release, int rounds = 200) {
+  std::atomic<bool> blocked{false}, finished{false};
+  std::atomic<long> during{0};
+  kgmp::WaitGroup wg;
+  wg.add(2);
+  kgmp::go([&] {
+    blocked = true;
+    if (marked)
+      kgmp::blocking(block);
+    else
+      block();
+    blocked = false;
+    finished = true;
+    wg.done();
+  });
+  kgmp::go([&] {
+    // (If the blocker never blocks, e.g. a file on tmpfs, it finishes first: stop waiting.)
+    while (!blocked && !finished) kgmp::yield();
+    for (int i = 0; i < rounds && blocked; i++) {
+      during++;
+      kgmp::yield();
+    }
+    release();
+    wg.done();
+  });
+  wg.wait();
+  return during.load();
+}
+
 // Returns how often the runner ran while block() blocked; checks the monitor the runtime chose
 // and the teardown accounting. marked: run block() inside kgmp::blocking().
 template <class Block, class Release>
 long progress_while_blocked(const char* want_monitor, bool marked, Block block,
                             Release release) {
-  std::atomic<bool> blocked{false}, finished{false};
-  std::atomic<long> during{0};
+  long during = 0;
   std::string mon;
   kgmp::run(
       [&] {
         mon = kgmp::monitor();
-        kgmp::WaitGroup wg;
-        wg.add(2);
-        kgmp::go([&] {
-          blocked = true;
-          if (marked)
-            kgmp::blocking(block);
-          else
-            block();
-          blocked = false;
-          finished = true;
-          wg.done();
-        });
-        kgmp::go([&] {
-          // (If the blocker never blocks, e.g. a file on tmpfs, it finishes first: stop waiting.)
-          while (!blocked && !finished) kgmp::yield();
-          for (int i = 0; i < 200 && blocked; i++) {
-            during++;
-            kgmp::yield();
-          }
-          release();
-          wg.done();
-        });
-        wg.wait();
+        during = progress_in_run(marked, block, release);
       },
       kgmp::Config{.procs = 1});
   EXPECT_EQ(mon, want_monitor);
   EXPECT_TRUE(kgmp::internal::accounted(kgmp::internal::last_run_stats()));
-  return during.load();
+  return during;
 }
 
 // A safety net: if no hand-off happens the runner never runs, so a plain thread calls release

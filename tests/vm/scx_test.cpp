@@ -28,6 +28,7 @@
 #include <vector>
 #include <algorithm>
 
+#include "../unit/blocking_util.h"
 #include "kgmp/kgmp.h"
 
 namespace {
@@ -36,10 +37,6 @@ using namespace std::chrono_literals;
 
 constexpr char kState[] = "/sys/kernel/sched_ext/state";
 
-bool env_is_1(const char* name) {
-  const char* e = std::getenv(name);
-  return e != nullptr && std::strcmp(e, "1") == 0;
-}
 
 std::string read_line(const char* path) {
   std::ifstream f(path);
@@ -72,14 +69,7 @@ std::string scx_unavailable() {
   return why;
 }
 
-#define REQUIRE_SCX()                                   \
-  do {                                                  \
-    std::string why = scx_unavailable();                \
-    if (!why.empty()) {                                 \
-      if (env_is_1("KGMP_REQUIRE_SCX")) FAIL() << why;  \
-      GTEST_SKIP() << why;                              \
-    }                                                   \
-  } while (0)
+#define REQUIRE_SCX() KGMP_SKIP_UNLESS(scx_unavailable(), "KGMP_REQUIRE_SCX")
 
 // Waits up to `limit` for the sched_ext state to read `want`.
 bool wait_state(const std::string& want, std::chrono::milliseconds limit = 10s) {
@@ -134,36 +124,26 @@ int wait_exit(const Child& c) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-// The shape of the hand-off tests: with one P, G "blocker" blocks in a pipe read without
-// telling the runtime; G "runner" must run meanwhile. Returns how often it ran (0: no hand-off).
+// The shape of the hand-off tests (blocking_util.h): with one P, G "blocker" blocks in a pipe
+// read without telling the runtime; G "runner" must run meanwhile. Returns how often it ran
+// (0: no hand-off).
 long handoff_once() {
   int fds[2];
   if (pipe(fds) != 0) return -1;
-  std::atomic<bool> blocked{false};
-  std::atomic<long> during{0};
-  kgmp::WaitGroup wg;
-  wg.add(2);
-  kgmp::go([&] {
-    blocked = true;
-    char c;
-    (void)!read(fds[0], &c, 1);
-    blocked = false;
-    wg.done();
-  });
-  kgmp::go([&] {
-    while (!blocked) kgmp::yield();
-    for (int i = 0; i < 50 && blocked; i++) {
-      during++;
-      kgmp::yield();
-    }
-    char c = 'x';
-    (void)!write(fds[1], &c, 1);
-    wg.done();
-  });
-  wg.wait();
+  long during = kgmp_test::progress_in_run(
+      /*marked=*/false,
+      [&] {
+        char c;
+        (void)!read(fds[0], &c, 1);
+      },
+      [&] {
+        char c = 'x';
+        (void)!write(fds[1], &c, 1);
+      },
+      50);
   close(fds[0]);
   close(fds[1]);
-  return during.load();
+  return during;
 }
 
 TEST(ScxAttach, StateGoesDisabledEnabledDisabled) {
@@ -269,7 +249,7 @@ TEST(ScxEject, ScxBpfErrorFallsBackToTrace) {
 TEST(ScxEject, SysrqSFallsBackToTrace) {
   REQUIRE_SCX();
   if (access("/proc/sysrq-trigger", W_OK) != 0) {
-    if (env_is_1("KGMP_REQUIRE_SCX")) FAIL() << "no writable /proc/sysrq-trigger";
+    if (kgmp_test::required("KGMP_REQUIRE_SCX")) FAIL() << "no writable /proc/sysrq-trigger";
     GTEST_SKIP() << "no writable /proc/sysrq-trigger (CONFIG_MAGIC_SYSRQ)";
   }
   Child c = spawn(

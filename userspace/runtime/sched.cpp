@@ -432,7 +432,6 @@ static bool watch_for_p(M* m) {
       got = handoff_p(p, lease);
       if (got) {
         p->m = nullptr;
-        if (sched->hold_spares) p->hold_credit.store(kHoldCredit, std::memory_order_relaxed);
         if (counters_on) {
           p->c.handoffs_in.add();
           // How long the P stood still: from the kernel's switch-out of its blocked M (BPF's
@@ -1110,6 +1109,9 @@ bool handoff_p(P* p, LeaseWord observed) {
       p->rt_owner.load(std::memory_order_acquire) != -1)
     lease_violations.fetch_add(1, std::memory_order_relaxed);  // someone in RUNTIME under USER
   p->m = nullptr;  // the blocked M learns at its next runtime entry (its CAS fails)
+  // Whoever took it (a watcher, the backstop, an eager kgmp::blocking) owns it now: a P that
+  // hands off is likely to again, so its next holders may ask for a held watcher.
+  if (sched->hold_spares) p->hold_credit.store(kHoldCredit, std::memory_order_relaxed);
   p->c.handoffs_out.add();
   if (__builtin_expect(tracing.load(std::memory_order_relaxed), 0)) {
     M* taker = getm();
