@@ -12,10 +12,10 @@
 // nothing, as in Go.
 //
 // The backstop (the polling half of trace) differs, because BPF reports the blocks and the
-// backstop only covers misses: it backs off after 5 rounds, not 50; a kick wakes it only if a
-// P has no watcher or a P's holder is blocked (BPF's stamps); and a watcher held runnable
-// (trace.cpp) arms a timer 1 ms ahead instead of waking it (its unbounded sleep polls an
-// eventfd and that timerfd). Its ticks run on the CPU it was started from, the first P's:
+// backstop only covers misses: it backs off after 5 rounds, not 50; a kick wakes it at once
+// only if a P has no watcher or a P's holder is blocked (BPF's stamps), and otherwise, as when
+// a watcher is held runnable (trace.cpp), arms a timer 1 ms ahead (its unbounded sleep polls
+// an eventfd and that timerfd): a missed event is still handed off within a few ms. Its ticks run on the CPU it was started from, the first P's:
 // woken for nothing on every wake_p, its bursts of 20 us ticks preempted the Ms of a P in the
 // middle of a hand-off. (Moved off that CPU it costs more after a compute phase: 26 against
 // 11 us p50; its ticks there keep the CPU's switch path warm.)
@@ -48,11 +48,14 @@ class PollMonitor final : public Monitor {
   explicit PollMonitor(bool backstop) : backstop_(backstop) {}
   const char* name() const override { return "poll"; }
   // Work appeared or a watcher left: only the backstop cares (the poll monitor watches
-  // kgmp::blocking() sections, and enter_blocking wakes it), and only if it has something to
-  // do: a P without a watcher, or a P whose holder BPF saw blocked (its block was not reported
-  // because the P had no work then). Otherwise its wakeup and rounds of 20 us ticks would land
-  // on the CPU of the P about to hand off (measured: trace hand-off after an idle period,
-  // p50 21 -> 10 us without them). Caller: any thread (wake_p after queueing a G).
+  // kgmp::blocking() sections, and enter_blocking wakes it). It wakes at once if it has
+  // something to do now: a P without a watcher, or a P whose holder BPF saw blocked (a block
+  // not reported because the P had no work then). Otherwise it gets a timer 1 ms ahead: with
+  // work queued, a block BPF reports but that no watcher acts on (a full ring, an event posted
+  // without a wakeup as scx is ejected) must still be handed off within a period, but waking
+  // it now would land its ticks on the hand-off this work is likely for (measured: trace
+  // hand-off after an idle period, p50 21 -> 10 us without them). Caller: any thread (wake_p
+  // after queueing a G).
   void kick() override {
     if (!backstop_ || !sleeping_.load(std::memory_order_seq_cst)) return;
     for (const auto& w : sched->watcher_missing)
@@ -63,21 +66,20 @@ class PollMonitor final : public Monitor {
       M* holder = sched->m_by_id[KGMP_LEASE_HOLDER(w)].load(std::memory_order_acquire);
       if (holder != nullptr && blocked(holder)) return wake_sleeper();
     }
+    arm_timer();
   }
 
   // A watcher was just held runnable at SCHED_IDLE (trace.cpp): any other task runnable on its
   // CPU starves it, so the backstop must look at that P every few ms while it stays held and
-  // hand it off itself if its holder blocks meanwhile. Not now: the hand-off this hold is for
-  // is due within microseconds, and the backstop's wakeup landing on it delayed it (trace
-  // hand-off after an idle period, p50 9 -> 25 us). So a sleeping backstop gets a timer 1 ms
-  // ahead (a timerfd it also sleeps on): no wakeup now, one tick after the hand-off.
+  // hand it off itself if its holder blocks meanwhile. Not now, for the same reason as kick():
+  // a sleeping backstop gets its timer 1 ms ahead, an awake one goes back to 1 ms ticks.
   void kick_held() override {
-    if (!backstop_ || !sleeping_.load(std::memory_order_seq_cst) ||
-        held_timer_armed_.exchange(true, std::memory_order_acq_rel))
+    if (!backstop_) return;
+    if (!sleeping_.load(std::memory_order_seq_cst)) {
+      held_fast_.store(true, std::memory_order_relaxed);
       return;
-    itimerspec its{};
-    its.it_value.tv_nsec = 1'000'000;
-    timerfd_settime(tfd_, 0, &its, nullptr);
+    }
+    arm_timer();
   }
 
   void start() override {
@@ -107,6 +109,15 @@ class PollMonitor final : public Monitor {
   }
 
  private:
+  // Arms the backstop's timerfd 1 ms ahead unless armed already (one syscall per period at
+  // most). Caller: any thread, the backstop sleeping.
+  void arm_timer() {
+    if (timer_armed_.exchange(true, std::memory_order_acq_rel)) return;
+    itimerspec its{};
+    its.it_value.tv_nsec = 1'000'000;
+    timerfd_settime(tfd_, 0, &its, nullptr);
+  }
+
   // Wakes the unbounded sleep of loop(). Caller: any thread.
   void wake_sleeper() {
     if (!backstop_) return note_.wakeup();
@@ -127,7 +138,7 @@ class PollMonitor final : public Monitor {
     std::uint64_t v;
     (void)!read(evfd_, &v, sizeof v);
     bool timer = read(tfd_, &v, sizeof v) == sizeof v;
-    if (timer) held_timer_armed_.store(false, std::memory_order_release);
+    if (timer) timer_armed_.store(false, std::memory_order_release);
     return timer;
   }
 
@@ -230,6 +241,10 @@ class PollMonitor final : public Monitor {
       } else if (!nothing_to_watch()) {
         quiet = 0;
       }
+      if (held_fast_.exchange(false, std::memory_order_relaxed) && delay > 1'000'000) {
+        delay = 1'000'000;
+        idle = 0;
+      }
       note_.sleep_until(nanotime() + delay);
       note_.clear();
       if (backstop_) refill_watchers();
@@ -252,10 +267,12 @@ class PollMonitor final : public Monitor {
   Note note_;
   std::atomic<bool> stop_{false};
   std::atomic<bool> sleeping_{false};
-  // Backstop only: its unbounded sleep is a poll on an eventfd (kicks) and a timerfd (armed by
-  // kick_held), so that a held spare can ask for a tick later without waking it now.
+  // Backstop only: its unbounded sleep is a poll on an eventfd (urgent kicks) and a timerfd
+  // (arm_timer: other kicks, held spares), so that they can ask for a tick 1 ms later without
+  // waking it now.
   int evfd_ = -1, tfd_ = -1;
-  std::atomic<bool> held_timer_armed_{false};
+  std::atomic<bool> timer_armed_{false};
+  std::atomic<bool> held_fast_{false};  // a watcher was held while awake: back to 1 ms ticks
   std::vector<Seen> seen_;
 };
 

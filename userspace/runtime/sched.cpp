@@ -120,6 +120,13 @@ static std::uint32_t gcd(std::uint32_t a, std::uint32_t b) {
 
 // ---- global run queue (Sched::lock) ----
 
+// The global queue's length as BPF and the held watchers read it (relaxed: a hint; they act
+// only through a lease CAS). Caller: holds sched->lock.
+static inline void publish_nglobal(std::int32_t n) {
+  std::atomic_ref<__u32>(sched->shared->hdr.nglobal)
+      .store(static_cast<std::uint32_t>(n), std::memory_order_relaxed);
+}
+
 static void globrunq_put_batch(G* head, G* tail, int n)
     ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
   tail->schedlink = nullptr;
@@ -128,8 +135,7 @@ static void globrunq_put_batch(G* head, G* tail, int n)
   else
     sched->runq_head = head;
   sched->runq_tail = tail;
-  sched->shared->hdr.nglobal = static_cast<std::uint32_t>(
-      sched->runqsize.fetch_add(n, std::memory_order_relaxed) + n);
+  publish_nglobal(sched->runqsize.fetch_add(n, std::memory_order_relaxed) + n);
 }
 
 static G* globrunq_pop() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock) {
@@ -148,8 +154,7 @@ static G* globrunq_get(P* p, int max) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock)
   if (n > size) n = size;
   if (max > 0 && n > max) n = max;
   if (n > static_cast<int>(RunQueue<G>::kSize / 2)) n = RunQueue<G>::kSize / 2;
-  sched->shared->hdr.nglobal = static_cast<std::uint32_t>(
-      sched->runqsize.fetch_sub(n, std::memory_order_relaxed) - n);
+  publish_nglobal(sched->runqsize.fetch_sub(n, std::memory_order_relaxed) - n);
   G* g = globrunq_pop();
   for (int i = 1; i < n; i++) KGMP_CHECK(p->runq.put(globrunq_pop()));
   if (counters_on) p->c.globtakes.add(static_cast<std::uint64_t>(n));
@@ -187,7 +192,8 @@ static void trace_stop(M* m, G* g, After a) {
 // never a missed one).
 static inline void publish_runq(P* p) {
   if (sched->publish_work)
-    p->sh->runq_len = p->runq.size() + (p->runq.empty() ? 0u : 1u);
+    std::atomic_ref<__u32>(p->sh->runq_len)
+        .store(p->runq.size() + (p->runq.empty() ? 0u : 1u), std::memory_order_relaxed);
 }
 
 // Moves half of p's full ring plus g to the global queue. Returns false if thieves made room
@@ -359,6 +365,9 @@ static void start_m(P* p, bool spinning) {
 // enough to cover the bursts between hand-offs of a blocking workload, few enough that a P
 // whose Gs stopped blocking stops paying a wakeup per request.
 static constexpr std::uint32_t kHoldCredit = 64;
+// Time our Ms waited behind other programs' tasks on a P's CPU, between two hold requests,
+// beyond which that CPU counts as busy and the watcher is left asleep (hold_spare).
+static constexpr std::uint64_t kForeignBusyNs = 500'000;
 
 // P index a watcher of m's pool would watch: its own P when pinned, else any P missing one.
 static int watcher_slot_for(M* m) {
@@ -1060,6 +1069,17 @@ static bool work_queued(P* p) {
 static void hold_spare(P* p) {
   std::atomic_ref<__u32> held(p->sh->spare_held);
   if (held.load(std::memory_order_relaxed) != KGMP_SPARE_SLEEPING || !work_queued(p)) return;
+  // Not on a CPU that other programs keep busy: a held watcher (SCHED_IDLE) would wait behind
+  // them, where a woken one (SCHED_OTHER) gets its fair share at once. BPF's per-core
+  // foreign_ns grows whenever an M of ours waited while another process's task ran here; a
+  // daemon's blip (microseconds) is not a busy CPU, a competing program (milliseconds) is.
+  if (sched->cores != nullptr && p->cpu >= 0 && p->cpu < KGMP_MAX_CPUS) {
+    std::uint64_t f = std::atomic_ref<const __u64>(sched->cores->c[p->cpu].foreign_ns)
+                          .load(std::memory_order_relaxed);
+    std::uint64_t seen = p->foreign_seen;
+    p->foreign_seen = f;
+    if (f - seen > kForeignBusyNs) return;
+  }
   p->hold_credit.store(p->hold_credit.load(std::memory_order_relaxed) - 1,
                        std::memory_order_relaxed);
   __u32 sleeping = KGMP_SPARE_SLEEPING;
@@ -1661,6 +1681,7 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
   sched->m_by_id.reset(new std::atomic<M*>[static_cast<std::size_t>(sched->cfg.max_threads) + 1]());
   choose_monitor(r->monitor);
   sched->hold_spares = r->hold_spares && sched->cfg.pin && sched->monitor->can_hold_spares();
+  sched->cores = sched->monitor->cores();
   sched->shared = sched->monitor->shared();
   if (sched->shared == nullptr) {
     sched->shared = static_cast<kgmp_shared*>(

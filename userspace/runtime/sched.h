@@ -123,6 +123,7 @@ struct alignas(64) P {
   // Written by the holder; atomic (relaxed) only for the watcher's racy read.
   std::atomic<std::uint32_t> hold_credit{0};
   bool kick_backstop = false;  // a watcher took it: check at the next runtime entry (holder)
+  std::uint64_t foreign_seen = 0;  // its core's BPF foreign_ns at the last hold request (holder)
 };
 
 // The lease word of p as an atomic (it lives in shared memory, a plain __u64 for BPF).
@@ -203,6 +204,7 @@ struct Sched {
   bool shared_owned = false;
   bool publish_work = false;  // keep kgmp_p_shared::runq_len and hdr.nglobal current
   bool hold_spares = false;   // trace with pinned Ps: holders ask for held watchers (trace.cpp)
+  const kgmp_cores* cores = nullptr;  // the monitor's BPF per-core counters, if any
   struct Monitor* monitor = nullptr;
   // Preemption requests (DESIGN §5): one word per M slot (kgmp_scx_state::preempt), null
   // unless the scx monitor is active. Written by the scx monitor only: set in start(), cleared
