@@ -1076,8 +1076,7 @@ static void hold_spare(P* p) {
   if (sched->cores != nullptr && p->cpu >= 0 && p->cpu < KGMP_MAX_CPUS) {
     std::uint64_t f = std::atomic_ref<const __u64>(sched->cores->c[p->cpu].foreign_ns)
                           .load(std::memory_order_relaxed);
-    std::uint64_t seen = p->foreign_seen;
-    p->foreign_seen = f;
+    std::uint64_t seen = p->foreign_seen.exchange(f, std::memory_order_relaxed);
     if (f - seen > kForeignBusyNs) return;
   }
   p->hold_credit.store(p->hold_credit.load(std::memory_order_relaxed) - 1,

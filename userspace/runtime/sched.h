@@ -120,10 +120,13 @@ struct alignas(64) P {
   std::atomic<int> rt_owner{-1};  // with the lease checker: the M inside the runtime on it
   // Held spares (trace.cpp): how many more times the holder may ask for its watcher to be held
   // runnable. Refilled by every hand-off of this P, so a P that never hands off stops asking.
-  // Written by the holder; atomic (relaxed) only for the watcher's racy read.
+  // Written by the holder (also in exit_runtime after its lease says USER, where a hand-off
+  // may already have let the next holder in) and by handoff_p's winner: atomic (relaxed).
   std::atomic<std::uint32_t> hold_credit{0};
   bool kick_backstop = false;  // a watcher took it: check at the next runtime entry (holder)
-  std::uint64_t foreign_seen = 0;  // its core's BPF foreign_ns at the last hold request (holder)
+  // Its core's BPF foreign_ns at the last hold request. Written in exit_runtime after the
+  // lease says USER, where a hand-off may already let the next holder in: atomic (relaxed).
+  std::atomic<std::uint64_t> foreign_seen{0};
 };
 
 // The lease word of p as an atomic (it lives in shared memory, a plain __u64 for BPF).
