@@ -268,11 +268,12 @@ static __always_inline int m_switched_out(bool preempt, struct task_struct *prev
 		return 0;
 	if (READ_ONCE_U32(s->p[p].runq_len) == 0 && READ_ONCE_U32(s->hdr.nglobal) == 0)
 		return 0;
-	/* Under scx_kgmp the scheduler itself dispatches the held watcher; with a held spare
-	 * under trace the watcher is runnable at SCHED_IDLE on this CPU, so it is what the CPU
-	 * runs next. Either way the event is read without sleeping: skip the wakeup (the
-	 * irq_work self-IPI, ~7 us here). A held spare is pinned to this CPU and not running
-	 * now, so it cannot miss the event: it reads the ring after it stops being HELD. */
+	/* A held watcher reads the event without sleeping: under trace it is runnable at
+	 * SCHED_IDLE on this CPU, so it is what the CPU runs next; under scx_kgmp the scheduler
+	 * dispatches it. Then skip the wakeup (the irq_work self-IPI, ~7 us here). A held
+	 * watcher is pinned to this CPU and not running now, so it cannot miss the event: it
+	 * reads the ring after it stops being HELD. Any other watcher (asleep on the ring, also
+	 * under scx while a timer is pending) needs the wakeup. */
 	wake = READ_ONCE_U32(s->hdr.scx_active) ||
 			       READ_ONCE_U32(s->p[p].spare_held) == KGMP_SPARE_HELD
 		       ? BPF_RB_NO_WAKEUP

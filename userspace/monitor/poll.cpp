@@ -12,10 +12,11 @@
 // nothing, as in Go.
 //
 // The backstop (the polling half of trace) differs, because BPF reports the blocks and the
-// backstop only covers misses: it backs off after 5 rounds, not 50; a kick wakes it at once
-// only if a P has no watcher or a P's holder is blocked (BPF's stamps), and otherwise, as when
-// a watcher is held runnable (trace.cpp), arms a timer 1 ms ahead (its unbounded sleep polls
-// an eventfd and that timerfd): a missed event is still handed off within a few ms. Its ticks run on the CPU it was started from, the first P's:
+// backstop only covers misses: its shortest period is 1 ms, not 20 us; it backs off after 5
+// rounds, not 50; a kick wakes it only if a P has no watcher or a P's holder is blocked (BPF's
+// stamps); a watcher held runnable (trace.cpp) arms a timer 1 ms ahead instead of waking it
+// (its unbounded sleep polls an eventfd and that timerfd). Under scx it runs only once the
+// runtime falls back to trace (scx.cpp). Its ticks run on the CPU it was started from, the first P's:
 // woken for nothing on every wake_p, its bursts of 20 us ticks preempted the Ms of a P in the
 // middle of a hand-off. (Moved off that CPU it costs more after a compute phase: 26 against
 // 11 us p50; its ticks there keep the CPU's switch path warm.)
@@ -48,14 +49,11 @@ class PollMonitor final : public Monitor {
   explicit PollMonitor(bool backstop) : backstop_(backstop) {}
   const char* name() const override { return "poll"; }
   // Work appeared or a watcher left: only the backstop cares (the poll monitor watches
-  // kgmp::blocking() sections, and enter_blocking wakes it). It wakes at once if it has
-  // something to do now: a P without a watcher, or a P whose holder BPF saw blocked (a block
-  // not reported because the P had no work then). Otherwise it gets a timer 1 ms ahead: with
-  // work queued, a block BPF reports but that no watcher acts on (a full ring, an event posted
-  // without a wakeup as scx is ejected) must still be handed off within a period, but waking
-  // it now would land its ticks on the hand-off this work is likely for (measured: trace
-  // hand-off after an idle period, p50 21 -> 10 us without them). Caller: any thread (wake_p
-  // after queueing a G).
+  // kgmp::blocking() sections, and enter_blocking wakes it), and only if it has something to
+  // do now: a P without a watcher, or a P whose holder BPF saw blocked (a block not reported
+  // because the P had no work then). Otherwise its wakeup and its ticks would land on the
+  // hand-off this work is likely for (measured: trace hand-off after an idle period, p50 21
+  // -> 10 us without them). Caller: any thread (wake_p after queueing a G).
   void kick() override {
     if (!backstop_ || !sleeping_.load(std::memory_order_seq_cst)) return;
     for (const auto& w : sched->watcher_missing)
@@ -66,7 +64,6 @@ class PollMonitor final : public Monitor {
       M* holder = sched->m_by_id[KGMP_LEASE_HOLDER(w)].load(std::memory_order_acquire);
       if (holder != nullptr && blocked(holder)) return wake_sleeper();
     }
-    arm_timer();
   }
 
   // A watcher was just held runnable at SCHED_IDLE (trace.cpp): any other task runnable on its
@@ -87,6 +84,7 @@ class PollMonitor final : public Monitor {
       evfd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
       tfd_ = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK);
     }
+    started_ = true;
     seen_.assign(static_cast<std::size_t>(sched->nprocs), Seen{});
     missing_seen_.assign(sched->watcher_missing.size(), false);
     pthread_create(&thread_, nullptr, [](void* self) -> void* {
@@ -96,6 +94,7 @@ class PollMonitor final : public Monitor {
   }
 
   void stop() override {
+    if (!started_) return;  // (the scx monitor starts trace's backstop only if it falls back)
     stop_.store(true, std::memory_order_release);
     note_.wakeup();
     if (backstop_) wake_sleeper();
@@ -224,19 +223,23 @@ class PollMonitor final : public Monitor {
     // Sleep as long as asked: with Linux's default 50 us timer slack a 20 us period becomes
     // ~70 us (Go's sysmon lives with that). Costs nothing while the thread sleeps unbounded.
     prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
-    std::int64_t delay = 20'000;
+    // The shortest period: Go's 20 us for the poll monitor, whose tick is the hand-off; 1 ms
+    // for the backstop, which only covers what BPF and the watchers missed. At 20 us a
+    // backstop that kept retaking polled almost without pause, a CFS thread on the first P's
+    // CPU: under scx, in the VM, the Ms there starved and the runtime left scx (ScxStress).
+    const std::int64_t min_delay = backstop_ ? 1'000'000 : 20'000;
+    std::int64_t delay = min_delay;
     int idle = 0, quiet = 0;
     while (!stop_.load(std::memory_order_acquire)) {
       // Nothing to watch for idle_rounds_ rounds in a row: sleep until kicked (Go's
       // sysmonwait), so an idle runtime costs no wakeups at all.
       if (nothing_to_watch() && ++quiet > idle_rounds_) {
         sleeping_.store(true, std::memory_order_seq_cst);
-        bool timer = false;
-        if (nothing_to_watch() && !stop_.load(std::memory_order_acquire)) timer = sleep_unbounded();
+        if (nothing_to_watch() && !stop_.load(std::memory_order_acquire)) sleep_unbounded();
         sleeping_.store(false, std::memory_order_relaxed);
         note_.clear();
         quiet = idle = 0;
-        delay = timer ? 1'000'000 : 20'000;  // the held-spare timer: 1 ms ticks, backing off
+        delay = min_delay;
         continue;
       } else if (!nothing_to_watch()) {
         quiet = 0;
@@ -250,7 +253,7 @@ class PollMonitor final : public Monitor {
       if (backstop_) refill_watchers();
       if (retake(nanotime()) > 0) {
         idle = 0;
-        delay = 20'000;
+        delay = min_delay;
       } else if (++idle > idle_rounds_ && delay < 10'000'000) {
         delay = delay * 2 > 10'000'000 ? 10'000'000 : delay * 2;
       }
@@ -258,6 +261,7 @@ class PollMonitor final : public Monitor {
   }
 
   const bool backstop_;
+  bool started_ = false;  // start() ran (stop() joins only then)
   // Rounds at 20 us before the period doubles: Go's 50 for the poll monitor, whose ticks are
   // the hand-off; 5 for the backstop, which only covers what BPF missed (rare), so that each
   // kick costs ~6 wakeups rather than ~55.
@@ -268,7 +272,7 @@ class PollMonitor final : public Monitor {
   std::atomic<bool> stop_{false};
   std::atomic<bool> sleeping_{false};
   // Backstop only: its unbounded sleep is a poll on an eventfd (urgent kicks) and a timerfd
-  // (arm_timer: other kicks, held spares), so that they can ask for a tick 1 ms later without
+  // (arm_timer: held watchers), so that they can ask for a tick 1 ms later without
   // waking it now.
   int evfd_ = -1, tfd_ = -1;
   std::atomic<bool> timer_armed_{false};

@@ -116,12 +116,10 @@ class ScxMonitor final : public Monitor {
   // CFS. (Threads that G code creates do inherit SCHED_EXT; the scheduler runs them from the
   // global DSQ and counts them as KGMP_SCX_A_FOREIGN.)
   void start() override {
-    sched_param sp{};
-    bool ext = sched_getscheduler(0) == kSchedExt;
-    if (ext) (void)sched_setscheduler(0, SCHED_OTHER, &sp);
-    trace_->start();
-    if (ext && alive_.load(std::memory_order_acquire))
-      (void)sched_setscheduler(0, kSchedExt, &sp);
+    // trace's polling backstop is started only if the runtime falls back to trace (retire):
+    // while the scheduler hands off, it is not needed, and as a CFS thread on the first P's
+    // CPU (where run() starts it) it made the SCHED_EXT Ms there wait, in the VM under a CPU
+    // hog on the other CPU, past the starvation bound: the runtime left scx (ScxStress).
     // Preemption requests (sched.cpp, gopreempt): the Ms read the scheduler's words from now
     // on. Published, then alive_ re-checked: a retire() that ran meanwhile (it clears alive_,
     // then the pointer) cannot leave the pointer set behind it.
@@ -271,12 +269,18 @@ class ScxMonitor final : public Monitor {
   // CFS), the scheduler is unregistered. line: logged if not empty.
   void retire(const std::string& line) {
     if (retired_.exchange(true)) return;
+    // Block events wake their ring again before any watcher leaves the scheduler's hold for a
+    // ring wait (alive_ below): one posted without a wakeup after it went to sleep would be
+    // lost (the ejection test hung so). What came before, the wait reads first (trace.cpp).
+    std::atomic_ref<__u32>(shared()->hdr.scx_active).store(0, std::memory_order_seq_cst);
     alive_.store(false, std::memory_order_seq_cst);
+    // Falling back to trace (not stopping): now its backstop runs, started from this CFS
+    // thread (the ejection thread, not pinned), so it is a CFS thread itself.
+    if (!line.empty()) trace_->start();
     // No more preemption requests: the Ms stop reading the words before the scheduler goes.
     // The words stay mapped (scx_ lives until the monitor is deleted, after run() ends), so an
     // M that loaded the pointer just before reads valid memory: at worst one late request.
     sched->preempt_flags.store(nullptr, std::memory_order_seq_cst);
-    std::atomic_ref<__u32>(shared()->hdr.scx_active).store(0, std::memory_order_release);
     if (!line.empty()) fprintf(stderr, "%s\n", line.c_str());
     std::vector<pid_t> tids;
     {

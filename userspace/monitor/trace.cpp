@@ -47,7 +47,10 @@
 //   A held watcher runs only when its CPU has nothing better to run: another process's task
 //   that keeps the CPU busy delays it by the kernel's policy for weight-3 tasks (measured, a
 //   thread spinning on the CPU: the P was handed off ~3 ms after the block). So that the bound
-//   does not rest on that policy, a watcher going HELD arms the polling backstop's timer
+//   does not rest on that policy, the holder does not ask for a held watcher on a CPU where our
+//   Ms waited more than 0.5 ms behind other programs since its last request (BPF's per-core
+//   foreign_ns; there the sleeping watcher, woken at SCHED_OTHER, gets its fair share at
+//   once), and a watcher going HELD arms the polling backstop's timer
 //   (kick_held: 1 ms ahead, no wakeup now, which would land on the hand-off), and the backstop
 //   then looks every 1 ms, backing off to 10 ms, and hands off a P whose holder BPF saw blocked
 //   for a whole period with work queued (to a SCHED_OTHER M, as any backstop hand-off): Go's
@@ -123,6 +126,9 @@ class TraceMonitor final : public Monitor {
       if (held.load(std::memory_order_acquire) == KGMP_SPARE_REQUESTED) {
         if (int r = hold(p, ring, lease); r != 0) return r;
       }
+      // Events posted without a wakeup while this P's watcher was held (by us, or by the scx
+      // scheduler) are in the ring but do not make it readable for epoll: read them first.
+      if (take_event(ring, lease)) return 1;
       int r = ring.wait(timeout_ms);
       if (r == -EINTR) continue;
       if (r == 2 && held.load(std::memory_order_acquire) == KGMP_SPARE_REQUESTED &&
