@@ -268,12 +268,13 @@ static __always_inline int m_switched_out(bool preempt, struct task_struct *prev
 		return 0;
 	if (READ_ONCE_U32(s->p[p].runq_len) == 0 && READ_ONCE_U32(s->hdr.nglobal) == 0)
 		return 0;
-	/* A held watcher reads the event without sleeping: under trace it is runnable at
-	 * SCHED_IDLE on this CPU, so it is what the CPU runs next; under scx_kgmp the scheduler
-	 * dispatches it. Then skip the wakeup (the irq_work self-IPI, ~7 us here). A held
-	 * watcher is pinned to this CPU and not running now, so it cannot miss the event: it
-	 * reads the ring after it stops being HELD. Any other watcher (asleep on the ring, also
-	 * under scx while a timer is pending) needs the wakeup. */
+	/* Skip the wakeup (the irq_work self-IPI, ~7 us here) when the watcher reads the event
+	 * without sleeping: under scx_kgmp the scheduler dispatches the held watcher (a watcher
+	 * waiting on the ring instead, while a timer is pending, reads it at its timeout: it
+	 * reads the ring before every wait); under trace a HELD watcher is runnable at
+	 * SCHED_IDLE on this CPU, so it is what the CPU runs next. It is pinned to this CPU and
+	 * not running now, so it cannot miss the event: it reads the ring after it stops being
+	 * HELD. */
 	wake = READ_ONCE_U32(s->hdr.scx_active) ||
 			       READ_ONCE_U32(s->p[p].spare_held) == KGMP_SPARE_HELD
 		       ? BPF_RB_NO_WAKEUP

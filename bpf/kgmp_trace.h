@@ -43,8 +43,8 @@ struct kgmp_hdr {
   __u32 nprocs;
   __u32 nglobal;          /* Gs on the global run queue (or waiting for a P) */
   __u64 register_failed;  /* runtime: Ms it could not register with BPF (watched by polling) */
-  __u32 scx_active;       /* runtime: scx_kgmp is active (informational: whether a block event
-                           * needs a wakeup is per P, kgmp_p_shared::spare_held) */
+  __u32 scx_active;       /* runtime: scx_kgmp hands off; block events need no wakeup (cleared
+                           * before the watchers leave the scheduler's hold, scx.cpp) */
   __u32 rt_pad32;
   __u64 rt_pad[5];
   __u64 events;           /* BPF: block events submitted */

@@ -326,6 +326,20 @@ bool spin_until(F cond) {
   return true;
 }
 
+// One hand-off of the caller's P: G B blocks in p's read() while the caller waits in the run
+// queue; the watcher takes the P and runs the caller, which frees B. Caller: a G, 1 P.
+void one_handoff(RescuedPipe& p) {
+  kgmp::WaitGroup wg;
+  wg.add(1);
+  kgmp::go([&] {
+    p.read_one();
+    wg.done();
+  });
+  kgmp::yield();  // B runs and blocks
+  p.release();
+  wg.wait();
+}
+
 // Held spares (trace.cpp): after a hand-off, a holder running a G with work queued gets its
 // core's watcher held runnable at SCHED_IDLE; a block then goes straight to it; once the P
 // goes idle the watcher lets go (back to SCHED_OTHER, asleep), so an idle runtime holds none.
@@ -341,17 +355,9 @@ TEST(TraceHeldSpare, HeldWhileWorkIsQueuedAndLetGoWhenIdle) {
       [&] {
         holds = kgmp::internal::hold_spares_now();
         if (!holds) return;
-        // 1. A first hand-off gives the P its hold credit: B blocks in read() while this G
-        //    waits in the run queue.
+        // 1. A first hand-off gives the P its hold credit.
+        one_handoff(a);
         kgmp::WaitGroup wg;
-        wg.add(1);
-        kgmp::go([&] {
-          a.read_one();
-          wg.done();
-        });
-        kgmp::yield();  // B runs and blocks; the watcher takes the P and runs us
-        a.release();
-        wg.wait();
         // 2. Work queued behind this G (C): the watcher is asked to hold, and does.
         wg.add(1);
         kgmp::go([&] {
@@ -399,15 +405,8 @@ TEST(TraceHeldSpare, CpuHogOnTheCoreDoesNotStrandTheP) {
       [&] {
         holds = kgmp::internal::hold_spares_now();
         if (!holds) return;
+        one_handoff(a);  // the P gets its hold credit
         kgmp::WaitGroup wg;
-        wg.add(1);
-        kgmp::go([&] {  // a first hand-off: the P gets its hold credit
-          a.read_one();
-          wg.done();
-        });
-        kgmp::yield();
-        a.release();
-        wg.wait();
         const int cpu = kgmp::internal::current_p_cpu();
         hog = std::thread([&, cpu] {
           cpu_set_t set;
