@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "handoff_bench.h"
 #include "kgmp/kgmp.h"
 
@@ -77,11 +78,17 @@ void compute_for(std::int64_t ns) {
 
 // monitor: scx, trace, poll, or trace-sleep (trace with KGMP_TRACE_SPARE=sleep: the watcher
 // sleeps on the ring instead of being held runnable, the design held spares replaced).
-std::vector<double> kgmp_trials(const std::string& name, const std::string& quiet, int trials) {
+// One trial: when B entered read() (CLOCK_MONOTONIC ns) and how long A waited for the P (µs).
+struct Trial {
+  std::int64_t t_enter_ns;
+  double us;
+};
+
+std::vector<Trial> kgmp_trials(const std::string& name, const std::string& quiet, int trials) {
   const std::string monitor = name == "trace-sleep" ? "trace" : name;
   setenv("KGMP_MONITOR", monitor.c_str(), 1);
   if (name == "trace-sleep") setenv("KGMP_TRACE_SPARE", "sleep", 1);
-  std::vector<double> us;
+  std::vector<Trial> out;
   int fds[2];
   if (pipe(fds) != 0) abort();
   std::string got;
@@ -113,7 +120,8 @@ std::vector<double> kgmp_trials(const std::string& name, const std::string& quie
           wake.send(1);
           kgmp::yield();
           std::int64_t t_resume = now_ns();
-          if (t >= 20) us.push_back(static_cast<double>(t_resume - t_enter.load(std::memory_order_acquire)) / 1000.0);
+          const std::int64_t t0 = t_enter.load(std::memory_order_acquire);
+          if (t >= 20) out.push_back({t0, static_cast<double>(t_resume - t0) / 1000.0});
           char c = 'x';
           (void)!write(fds[1], &c, 1);
         }
@@ -130,16 +138,19 @@ std::vector<double> kgmp_trials(const std::string& name, const std::string& quie
             monitor.c_str(), got.c_str());
     exit(3);
   }
-  return us;
+  return out;
 }
 
-// The floor: thread W (waker) and S (sleeper) pinned to one CPU; S parks on a futex, W stores
-// t0, wakes S and blocks in read(); S's first act is t1.
-std::vector<double> floor_trials(int trials) {
+// The floor: thread W (waker) and S (sleeper) pinned to one CPU; S parks on a futex, W sleeps
+// 200-300 us (whatever the quiet mode: S has been parked that long, its path is warm), stores
+// t0, wakes S and blocks in read(); S's first act is t1. Not the floor of a cold path: after a
+// long quiet period a thread woken from a 100 ms sleep pays cold caches (21 us p50 after
+// compute, measured), which a held spare does before the block, not after it.
+std::vector<Trial> floor_trials(int trials) {
   const int cpu = first_cpu();
   alignas(4) static std::uint32_t word;
   std::atomic<std::int64_t> t0{0};
-  std::vector<double> us;
+  std::vector<Trial> out;
   int fds[2];
   if (pipe(fds) != 0) abort();
   std::atomic<bool> stop{false};
@@ -150,7 +161,7 @@ std::vector<double> floor_trials(int trials) {
         syscall(SYS_futex, &word, FUTEX_WAIT_PRIVATE, 0, nullptr, nullptr, 0);
       std::int64_t t1 = now_ns();
       __atomic_store_n(&word, 0u, __ATOMIC_RELEASE);
-      if (t >= 20) us.push_back(static_cast<double>(t1 - t0.load()) / 1000.0);
+      if (t >= 20) out.push_back({t0.load(), static_cast<double>(t1 - t0.load()) / 1000.0});
       char c = 'x';
       (void)!write(fds[1], &c, 1);
     }
@@ -168,12 +179,13 @@ std::vector<double> floor_trials(int trials) {
   s.join();
   close(fds[0]);
   close(fds[1]);
-  return us;
+  return out;
 }
 
 }  // namespace
 
-int bench_handoff(const std::string& monitors, const std::string& quiet, int trials) {
+int bench_handoff(const std::string& monitors, const std::string& quiet, int trials,
+                  const std::string& raw_path) {
   if (quiet != "hot" && quiet != "compute" && quiet != "idle") {
     fprintf(stderr, "kgmp-bench handoff: --quiet must be hot, compute or idle\n");
     return 2;
@@ -182,15 +194,40 @@ int bench_handoff(const std::string& monitors, const std::string& quiet, int tri
   std::vector<std::string> list;
   // scx is part of "all" only where sched_ext exists (vm-test/run boots such a kernel).
   const bool have_scx = access("/sys/kernel/sched_ext", F_OK) == 0;
-  for (std::string m : {"scx", "trace", "trace-sleep", "poll", "floor"})
-    if ((monitors == "all" && (m != "scx" || have_scx)) || monitors == m) list.push_back(m);
+  const std::vector<std::string> known = {"scx", "trace", "trace-sleep", "poll", "floor"};
+  const std::vector<std::string> asked = absl::StrSplit(monitors, ',', absl::SkipEmpty());
+  for (const std::string& m : asked) {
+    if (m == "all") {
+      for (const std::string& k : known)
+        if (k != "scx" || have_scx) list.push_back(k);
+    } else if (std::find(known.begin(), known.end(), m) != known.end()) {
+      list.push_back(m);
+    } else {
+      fprintf(stderr,
+              "kgmp-bench handoff: --monitor takes scx, trace, trace-sleep, poll, floor or all, "
+              "or a comma-separated list of them; got '%s'\n", m.c_str());
+      return 2;
+    }
+  }
   if (list.empty()) {
-    fprintf(stderr,
-            "kgmp-bench handoff: --monitor must be scx, trace, trace-sleep, poll, floor or all\n");
+    fprintf(stderr, "kgmp-bench handoff: --monitor names no monitor\n");
     return 2;
   }
-  for (const std::string& m : list)
-    report(m, quiet, m == "floor" ? floor_trials(trials) : kgmp_trials(m, quiet, trials));
+  FILE* raw = nullptr;
+  if (!raw_path.empty() && (raw = fopen(raw_path.c_str(), "w")) == nullptr) {
+    fprintf(stderr, "kgmp-bench handoff: cannot write --raw %s: %m\n", raw_path.c_str());
+    return 2;
+  }
+  for (const std::string& m : list) {
+    std::vector<Trial> got = m == "floor" ? floor_trials(trials) : kgmp_trials(m, quiet, trials);
+    std::vector<double> us;
+    for (const Trial& t : got) {
+      us.push_back(t.us);
+      if (raw) fprintf(raw, "%s %s %lld %.1f\n", m.c_str(), quiet.c_str(), static_cast<long long>(t.t_enter_ns), t.us);
+    }
+    report(m, quiet, us);
+  }
+  if (raw) fclose(raw);
   return 0;
 }
 

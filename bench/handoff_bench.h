@@ -6,7 +6,8 @@
 namespace kgmp_bench {
 // monitors: trace, poll, floor or all; quiet: hot, compute or idle; trials <= 0: the default
 // (1000 hot, 200 otherwise). Prints RESULT handoff lines; returns an exit status.
-int bench_handoff(const std::string& monitors, const std::string& quiet, int trials);
+int bench_handoff(const std::string& monitors, const std::string& quiet, int trials,
+                  const std::string& raw_path);
 // monitors: trace, poll or all. Prints RESULT idle lines.
 int bench_idle(const std::string& monitors, int seconds);
 // Ping-pong of another process with the trace program detached vs attached (switch_cost.cpp).

@@ -32,9 +32,12 @@
 ABSL_FLAG(int, procs, 0, "number of Ps (0: every CPU of the affinity mask)");
 ABSL_FLAG(int, reps, 5, "repetitions; the RESULT line holds their median, min and max");
 ABSL_FLAG(bool, verbose, false, "after each repetition, print the runtime's accounting to stderr");
-ABSL_FLAG(std::string, monitor, "all", "handoff, idle: the monitor(s) to measure (scx, trace, poll, floor, all)");
+ABSL_FLAG(std::string, monitor, "all", "handoff, idle: the monitor(s) to measure (handoff: scx, trace, trace-sleep, poll, floor, all, or a comma-separated list; idle: trace, poll, all)");
 ABSL_FLAG(std::string, quiet, "hot", "handoff: the quiet period before each trial (hot, compute, idle)");
 ABSL_FLAG(int, trials, 0, "handoff: trials (0: 1000 for hot, 200 for compute and idle)");
+ABSL_FLAG(std::string, raw, "",
+          "handoff: also write every trial to this file, one line each: monitor quiet "
+          "t_enter_ns (CLOCK_MONOTONIC, as tracefs's trace_clock=mono) us");
 ABSL_FLAG(int, seconds, 10, "idle: how long the runtime sits with every goroutine blocked");
 ABSL_FLAG(std::string, counters, "on",
           "the per-P telemetry counters: on, off (KGMPDEBUG=counters=0), or both: every "
@@ -373,7 +376,7 @@ int main(int argc, char** argv) {
   }
   if (args[1] == std::string("handoff"))
     return kgmp_bench::bench_handoff(absl::GetFlag(FLAGS_monitor), absl::GetFlag(FLAGS_quiet),
-                                     absl::GetFlag(FLAGS_trials));
+                                     absl::GetFlag(FLAGS_trials), absl::GetFlag(FLAGS_raw));
   if (args[1] == std::string("switch-cost"))
     return kgmp_bench::bench_switch_cost(20, 20000);
   if (args[1] == std::string("idle"))
