@@ -38,7 +38,8 @@
 //     path to get there, which would otherwise land on the hand-off if the holder blocked first.
 //     A watcher that comes back P-less while the holder runs with work queued asks for itself
 //     (hold_self in sched.cpp), without a wakeup.
-//   watcher: REQUESTED -> HELD (policy SCHED_IDLE), loop { take an event; yield }; to let go:
+//   watcher: REQUESTED -> HELD, then policy SCHED_IDLE (in that order, see hold()), loop
+//     { take an event; yield }; to let go:
 //     store SLEEPING, then read the ring once more, then sleep on it. BPF skips the wakeup only
 //     for HELD, so an event posted before the SLEEPING store is found by that last read and
 //     one posted after it wakes the ring as usual.
@@ -162,9 +163,15 @@ class TraceMonitor final : public Monitor {
     kgmp_shared* sh = bpf_->shared();
     std::atomic_ref<__u32> held(sh->p[p].spare_held);
     std::atomic_ref<__u64> lw(sh->p[p].lease);
-    set_policy(SCHED_IDLE);
+    // HELD first, SCHED_IDLE last: between the two this thread runs at SCHED_OTHER, where the
+    // holder's sched_yield hands it the CPU. The other order left a watcher preempted (by the
+    // tick) right after going SCHED_IDLE short of HELD, which no sched_yield of the holder
+    // can run again: the holder gave up, blocked, and the hand-off paid the ring's wakeup on a
+    // cold path (45 us, trials seen with bench/trace-handoff). HELD only tells BPF that this
+    // thread reads the ring before it sleeps, which holds from here on.
     held.store(KGMP_SPARE_HELD, std::memory_order_seq_cst);
-    backstop_->kick_held();
+    backstop_->kick_held();  // a timerfd_settime, ~10 us here: not after the holder may block
+    set_policy(SCHED_IDLE);
     int r = 0;
     for (;;) {
       if (take_event(ring, lease)) {
