@@ -317,6 +317,30 @@ int threads_at_sched_idle() {
   return n;
 }
 
+// The one SCHED_IDLE thread of this process (the held watcher), or 0.
+int thread_at_sched_idle() {
+  int tid = 0;
+  DIR* d = opendir("/proc/self/task");
+  if (d == nullptr) return 0;
+  while (dirent* e = readdir(d))
+    if (e->d_name[0] != '.' && sched_getscheduler(atoi(e->d_name)) == SCHED_IDLE)
+      tid = atoi(e->d_name);
+  closedir(d);
+  return tid;
+}
+
+// How many times thread tid was given the CPU (the third field of its schedstat), or -1.
+long times_run(int tid) {
+  char path[64];
+  snprintf(path, sizeof path, "/proc/self/task/%d/schedstat", tid);
+  FILE* f = fopen(path, "r");
+  if (f == nullptr) return -1;
+  unsigned long long run_ns, wait_ns, slices;
+  long n = fscanf(f, "%llu %llu %llu", &run_ns, &wait_ns, &slices) == 3 ? static_cast<long>(slices) : -1;
+  fclose(f);
+  return n;
+}
+
 // Polls cond (no runtime entry: this G keeps its P) for up to 5 s.
 template <class F>
 bool spin_until(F cond) {
@@ -388,6 +412,58 @@ TEST(TraceHeldSpare, HeldWhileWorkIsQueuedAndLetGoWhenIdle) {
   EXPECT_GE(kgmp::internal::last_run_stats().handoffs, 2u);
   EXPECT_EQ(held_when_idle, KGMP_SPARE_SLEEPING) << "an idle P's watcher must not stay held";
   EXPECT_EQ(idle_threads_after, 0) << "a watcher that let go must be back at SCHED_OTHER";
+}
+
+// A watcher held while its holder computes for long does not run meanwhile (SCHED_IDLE behind a
+// busy holder), and its pages go cold: the host here stalls their first touch 100-200 us, on
+// the hand-off. So a holder leaving the runtime with work queued, its watcher held for more
+// than 10 ms, runs it once through its hold loop (refresh_held_watcher): the watcher must have
+// run across that runtime exit (it does not without the refresh: a SCHED_IDLE thread gets no
+// CPU from its holder's sched_yield), be held again at SCHED_IDLE, and still take the P.
+TEST(TraceHeldSpare, StaleHoldIsRefreshedBeforeTheNextBlock) {
+  REQUIRE_TRACE();
+  RescuedPipe a, b;
+  ASSERT_TRUE(a.ok() && b.ok());
+  bool holds = false, held_after = false;
+  int tid = 0, idle_threads_after = -1;
+  long runs_before = -1, runs_after = -1;
+  bool c_ran = false;
+  kgmp::run(
+      [&] {
+        holds = kgmp::internal::hold_spares_now();
+        if (!holds) return;
+        one_handoff(a);  // the P gets its hold credit
+        kgmp::WaitGroup wg;
+        wg.add(1);
+        kgmp::go([&] {  // D: queued behind us, so the watcher is held
+          c_ran = true;
+          wg.done();
+        });
+        if (!spin_until([] { return kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD; }))
+          return;
+        tid = thread_at_sched_idle();
+        // Compute 30 ms without entering the runtime: the hold goes stale.
+        auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(30);
+        while (std::chrono::steady_clock::now() < end) {
+        }
+        runs_before = times_run(tid);
+        kgmp::yield();  // runtime exit into D with us queued: the stale hold is refreshed
+        runs_after = times_run(tid);
+        held_after = kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD;
+        idle_threads_after = threads_at_sched_idle();
+        wg.wait();
+        // The refreshed watcher still hands off: block with work queued (E frees us).
+        kgmp::go([&] { b.release(); });
+        b.read_one();
+      },
+      kgmp::Config{.procs = 1});
+  ASSERT_TRUE(holds);
+  ASSERT_NE(tid, 0) << "no held watcher with work queued";
+  EXPECT_GT(runs_after, runs_before) << "the stale held watcher did not run at the runtime exit";
+  EXPECT_TRUE(held_after) << "the refreshed watcher must be held again";
+  EXPECT_EQ(idle_threads_after, 1) << "the refreshed watcher must be back at SCHED_IDLE";
+  EXPECT_TRUE(c_ran);
+  EXPECT_GE(kgmp::internal::last_run_stats().handoffs, 2u);
 }
 
 // A held watcher runs only when its CPU has nothing else to run. With another thread spinning

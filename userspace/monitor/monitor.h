@@ -55,6 +55,11 @@ struct Monitor {
   // Whether watchers may be held runnable at SCHED_IDLE (trace: kgmp_p_shared::spare_held, set
   // by the runtime when pinned and KGMP_TRACE_SPARE allows; see trace.cpp).
   virtual bool can_hold_spares() const { return false; }
+  // P p's watcher is held (spare_held == HELD): if it has been held, unrun, for so long that
+  // the pages of its path have gone cold (kStaleHoldNs in trace.cpp), run it through its hold
+  // loop once now, while the caller still runs, and return true; the caller then yields until
+  // it is HELD again. Caller: p's holder, in exit_runtime with work queued.
+  virtual bool refresh_held_watcher(int p) { return false; }
   // Something changed that the polling backstop should look at now (a P left the idle list,
   // a watcher took its P). Cheap when nothing sleeps. Caller: any thread.
   virtual void kick() {}

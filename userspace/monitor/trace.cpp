@@ -43,6 +43,16 @@
 //     store SLEEPING, then read the ring once more, then sleep on it. BPF skips the wakeup only
 //     for HELD, so an event posted before the SLEEPING store is found by that last read and
 //     one posted after it wakes the ring as usual.
+//   Refresh: a watcher held while its holder computes does not run meanwhile, and after tens
+//     of ms the pages of its loop are cold: the host here stalls the first touch of such a
+//     page 100-200 us (none after 10 ms, some after 30 ms: measured by touching pages again
+//     after a quiet period), and those stalls landed on the hand-off (bench/trace-handoff:
+//     p99 140-170 us after compute). So the holder, leaving the runtime with work queued and
+//     the hold older than kStaleHoldNs, CASes HELD -> REQUESTED, sets the watcher to
+//     SCHED_OTHER and yields (at most 8 times) until it is HELD again: the watcher, back in its
+//     loop, sees REQUESTED, stores HELD and returns to SCHED_IDLE, its path warm (compute p50
+//     11 -> 5 us, p99 137-168 -> 11-16 us). A watcher letting go meanwhile stores SLEEPING over
+//     REQUESTED, which the holder's bounded yield tolerates.
 //   A holder found blocked while HELD with work queued but no event (the work came after its
 //   switch) is handed off by the watcher itself, as the backstop would a period later.
 //   A held watcher runs only when its CPU has nothing better to run: another process's task
@@ -144,6 +154,21 @@ class TraceMonitor final : public Monitor {
 
   bool can_hold_spares() const override { return can_hold_; }
 
+  bool refresh_held_watcher(int p) override {
+    Held& h = held_[static_cast<std::size_t>(p)];
+    const pid_t tid = h.tid.load(std::memory_order_acquire);
+    if (tid == 0 || now_ns() - h.since.load(std::memory_order_relaxed) < kStaleHoldNs)
+      return false;
+    __u32 held = KGMP_SPARE_HELD;
+    if (!std::atomic_ref<__u32>(bpf_->shared()->p[p].spare_held)
+             .compare_exchange_strong(held, KGMP_SPARE_REQUESTED, std::memory_order_acq_rel))
+      return false;
+    // At SCHED_OTHER it gets the CPU at the caller's yield; it goes back to SCHED_IDLE itself.
+    sched_param sp{};
+    (void)sched_setscheduler(tid, SCHED_OTHER, &sp);
+    return true;
+  }
+
  private:
   // Several events may be pending (a P blocked twice): only the newest lease can win.
   static bool take_event(TraceBpf::Ring& ring, std::uint64_t* lease) {
@@ -170,10 +195,20 @@ class TraceMonitor final : public Monitor {
     // cold path (45 us, trials seen with bench/trace-handoff). HELD only tells BPF that this
     // thread reads the ring before it sleeps, which holds from here on.
     held.store(KGMP_SPARE_HELD, std::memory_order_seq_cst);
+    Held& me = held_[static_cast<std::size_t>(p)];
+    me.since.store(now_ns(), std::memory_order_relaxed);
+    me.tid.store(static_cast<pid_t>(gettid()), std::memory_order_release);
     backstop_->kick_held();  // a timerfd_settime, ~10 us here: not after the holder may block
     set_policy(SCHED_IDLE);
     int r = 0;
     for (;;) {
+      if (held.load(std::memory_order_acquire) == KGMP_SPARE_REQUESTED) {
+        // The holder refreshed a stale hold (refresh_held_watcher) and set us to SCHED_OTHER:
+        // this pass through the loop is what warms it; HELD again, then SCHED_IDLE again.
+        held.store(KGMP_SPARE_HELD, std::memory_order_seq_cst);
+        me.since.store(now_ns(), std::memory_order_relaxed);
+        set_policy(SCHED_IDLE);
+      }
       if (take_event(ring, lease)) {
         r = 1;
         break;
@@ -202,11 +237,31 @@ class TraceMonitor final : public Monitor {
       }
       sched_yield();
     }
+    me.tid.store(0, std::memory_order_release);
     held.store(KGMP_SPARE_SLEEPING, std::memory_order_seq_cst);
     if (r == 0 && take_event(ring, lease)) r = 1;  // posted without a wakeup before the store
     set_policy(SCHED_OTHER);
     return r;
   }
+
+  static std::int64_t now_ns() {
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+  }
+
+  // A held watcher runs only when its CPU has nothing else to run; held while its holder
+  // computes for long, the pages of its loop go cold, and on this machine the host then
+  // stalls the first touch of such a page for 100-200 us (kgmp-bench retouch: none after 10
+  // ms, some after 30 ms and more): that lands on the hand-off. A hold older than this is
+  // refreshed by the holder at its next runtime exit with work queued.
+  static constexpr std::int64_t kStaleHoldNs = 10'000'000;
+
+  // Per P, written by its held watcher: its tid (0 while not held) and when it last went HELD.
+  struct Held {
+    std::atomic<pid_t> tid{0};
+    std::atomic<std::int64_t> since{0};
+  };
 
   // This thread's policy (nice unchanged). SCHED_IDLE -> SCHED_OTHER needs CAP_SYS_NICE or a
   // RLIMIT_NICE allowing nice 0: can_hold_ says it was probed to work.
@@ -217,6 +272,7 @@ class TraceMonitor final : public Monitor {
 
   std::unique_ptr<TraceBpf> bpf_;
   std::vector<std::unique_ptr<TraceBpf::Ring>> rings_;
+  std::vector<Held> held_ = std::vector<Held>(rings_.size());
   std::unique_ptr<Monitor> backstop_;
   std::atomic<bool> stopping_{false};
 

@@ -1068,7 +1068,14 @@ static bool work_queued(P* p) {
 // Caller: p's holder, with p->hold_credit != 0.
 static void hold_spare(P* p) {
   std::atomic_ref<__u32> held(p->sh->spare_held);
-  if (held.load(std::memory_order_relaxed) != KGMP_SPARE_SLEEPING || !work_queued(p)) return;
+  __u32 h = held.load(std::memory_order_relaxed);
+  if ((h != KGMP_SPARE_SLEEPING && h != KGMP_SPARE_HELD) || !work_queued(p)) return;
+  if (h == KGMP_SPARE_HELD) {  // held already: refreshed if held long enough to go cold
+    if (sched->monitor->refresh_held_watcher(p->id))
+      for (int i = 0; i < 8 && held.load(std::memory_order_acquire) != KGMP_SPARE_HELD; i++)
+        sched_yield();
+    return;
+  }
   // Not on a CPU that other programs keep busy: a held watcher (SCHED_IDLE) would wait behind
   // them, where a woken one (SCHED_OTHER) gets its fair share at once. BPF's per-core
   // foreign_ns grows whenever an M of ours waited while another process's task ran here; a
