@@ -10,6 +10,7 @@ int bench_handoff(const std::string& monitors, const std::string& quiet, int tri
                   const std::string& raw_path);
 // monitors: trace, poll or all. Prints RESULT idle lines.
 int bench_idle(const std::string& monitors, int seconds);
+int bench_retouch(const std::string& quiet, int quiet_ms, int rounds);
 // Ping-pong of another process with the trace program detached vs attached (switch_cost.cpp).
 int bench_switch_cost(int pairs, long round_trips);
 }  // namespace kgmp_bench

@@ -38,6 +38,7 @@ ABSL_FLAG(int, trials, 0, "handoff: trials (0: 1000 for hot, 200 for compute and
 ABSL_FLAG(std::string, raw, "",
           "handoff: also write every trial to this file, one line each: monitor quiet "
           "t_enter_ns (CLOCK_MONOTONIC, as tracefs's trace_clock=mono) us");
+ABSL_FLAG(int, quiet_ms, 100, "retouch: the quiet period before each round, ms");
 ABSL_FLAG(int, seconds, 10, "idle: how long the runtime sits with every goroutine blocked");
 ABSL_FLAG(std::string, counters, "on",
           "the per-P telemetry counters: on, off (KGMPDEBUG=counters=0), or both: every "
@@ -367,7 +368,9 @@ int main(int argc, char** argv) {
       "  handoff          P stuck behind a blocked M, one P: --monitor scx|trace|trace-sleep|poll|floor|all "
       "--quiet hot|compute|idle [--trials N] (p50_us p90_us p99_us max_us)\n"
       "  idle             every G blocked for --seconds: context switches and CPU of the process\n"
-      "  switch-cost      another process's pipe ping-pong, trace program detached vs attached\n";
+      "  switch-cost      another process's pipe ping-pong, trace program detached vs attached\n"
+      "  retouch          the machine's cost of touching a page again after --quiet compute|idle "
+      "of --quiet_ms, --trials rounds (0: 100)\n";
   absl::SetProgramUsageMessage(usage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
@@ -379,6 +382,11 @@ int main(int argc, char** argv) {
                                      absl::GetFlag(FLAGS_trials), absl::GetFlag(FLAGS_raw));
   if (args[1] == std::string("switch-cost"))
     return kgmp_bench::bench_switch_cost(20, 20000);
+  if (args[1] == std::string("retouch")) {
+    int rounds = absl::GetFlag(FLAGS_trials);
+    return kgmp_bench::bench_retouch(absl::GetFlag(FLAGS_quiet) == "hot" ? "idle" : absl::GetFlag(FLAGS_quiet),
+                                     absl::GetFlag(FLAGS_quiet_ms), rounds == 0 ? 100 : rounds);
+  }
   if (args[1] == std::string("idle"))
     return kgmp_bench::bench_idle(absl::GetFlag(FLAGS_monitor), absl::GetFlag(FLAGS_seconds));
   const Case* c = nullptr;

@@ -45,8 +45,9 @@
 //     one posted after it wakes the ring as usual.
 //   Refresh: a watcher held while its holder computes does not run meanwhile, and after tens
 //     of ms the pages of its loop are cold: the host here stalls the first touch of such a
-//     page 100-200 us (none after 10 ms, some after 30 ms: measured by touching pages again
-//     after a quiet period), and those stalls landed on the hand-off (bench/trace-handoff:
+//     page 100-200 us (`kgmp-bench retouch`: per touch, 1 in 770,000 after 1 ms of compute,
+//     1 in 38,000 after 10 ms, 1 in 6,000 after 30 ms, 1 in 3,700 after 100 ms), and those
+//     stalls landed on the hand-off (bench/trace-handoff:
 //     p99 140-170 us after compute). So the holder, leaving the runtime with work queued and
 //     the hold older than kStaleHoldNs, CASes HELD -> REQUESTED, sets the watcher to
 //     SCHED_OTHER and yields (at most 8 times) until it is HELD again: the watcher, back in its
@@ -250,11 +251,8 @@ class TraceMonitor final : public Monitor {
     return ts.tv_sec * 1000000000LL + ts.tv_nsec;
   }
 
-  // A held watcher runs only when its CPU has nothing else to run; held while its holder
-  // computes for long, the pages of its loop go cold, and on this machine the host then
-  // stalls the first touch of such a page for 100-200 us (kgmp-bench retouch: none after 10
-  // ms, some after 30 ms and more): that lands on the hand-off. A hold older than this is
-  // refreshed by the holder at its next runtime exit with work queued.
+  // A hold older than this is refreshed by the holder (see "Refresh" in the design comment):
+  // the host's stalls on a page first touched again grow 6x from 10 to 30 ms of quiet.
   static constexpr std::int64_t kStaleHoldNs = 10'000'000;
 
   // Per P, written by its held watcher: its tid (0 while not held) and when it last went HELD.
