@@ -418,8 +418,9 @@ TEST(TraceHeldSpare, HeldWhileWorkIsQueuedAndLetGoWhenIdle) {
 // busy holder), and its pages go cold: the host here stalls their first touch 100-200 us, on
 // the hand-off. So a holder leaving the runtime with work queued, its watcher held for more
 // than 10 ms, runs it once through its hold loop (refresh_held_watcher): the watcher must have
-// run across that runtime exit (it does not without the refresh: a SCHED_IDLE thread gets no
-// CPU from its holder's sched_yield), be held again at SCHED_IDLE, and still take the P.
+// run after that runtime exit (it does not without the refresh: a SCHED_IDLE thread gets no CPU
+// from its holder, which keeps computing here), be held again at SCHED_IDLE, and still take
+// the P.
 TEST(TraceHeldSpare, StaleHoldIsRefreshedBeforeTheNextBlock) {
   REQUIRE_TRACE();
   RescuedPipe a, b;
@@ -436,6 +437,17 @@ TEST(TraceHeldSpare, StaleHoldIsRefreshedBeforeTheNextBlock) {
         kgmp::WaitGroup wg;
         wg.add(1);
         kgmp::go([&] {  // D: queued behind us, so the watcher is held
+          // Runs at our yield below, the runtime exit that refreshed the stale hold, with us
+          // queued (the watcher stays held). The holder yields at most 8 times for the
+          // watcher; where EEVDF still passes it over (its lag from SCHED_IDLE: seen under
+          // QEMU TCG), it runs at its next fair turn, now at SCHED_OTHER. Without a refresh it
+          // stays HELD at SCHED_IDLE and does not run while we compute.
+          held_after = spin_until([] {
+            return kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD &&
+                   threads_at_sched_idle() == 1;
+          });
+          runs_after = times_run(tid);
+          idle_threads_after = threads_at_sched_idle();
           c_ran = true;
           wg.done();
         });
@@ -448,9 +460,6 @@ TEST(TraceHeldSpare, StaleHoldIsRefreshedBeforeTheNextBlock) {
         }
         runs_before = times_run(tid);
         kgmp::yield();  // runtime exit into D with us queued: the stale hold is refreshed
-        runs_after = times_run(tid);
-        held_after = kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD;
-        idle_threads_after = threads_at_sched_idle();
         wg.wait();
         // The refreshed watcher still hands off: block with work queued (E frees us).
         kgmp::go([&] { b.release(); });
