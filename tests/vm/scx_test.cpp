@@ -104,18 +104,13 @@ Child spawn(const std::function<int()>& f, const char* tag) {
 // below runs child_main instead of the tests), so the runtime's once-per-process log line is
 // printed again and no state of this process is inherited.
 Child spawn_exec(const char* mode) {
-  Child c;
-  c.log = std::string("/tmp/kgmp-scx-") + mode + "-" + std::to_string(getpid()) + ".log";
-  fflush(stderr);
-  c.pid = fork();
-  if (c.pid == 0) {
-    int fd = open(c.log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd >= 0) dup2(fd, 2);
-    setenv("KGMP_SCX_CHILD", mode, 1);
-    execl("/proc/self/exe", "scx_test", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  return c;
+  return spawn(
+      [mode] {
+        setenv("KGMP_SCX_CHILD", mode, 1);
+        execl("/proc/self/exe", "scx_test", static_cast<char*>(nullptr));
+        return 127;
+      },
+      mode);
 }
 
 int wait_exit(const Child& c) {
