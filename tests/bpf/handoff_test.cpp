@@ -475,6 +475,49 @@ TEST(TraceHeldSpare, StaleHoldIsRefreshedBeforeTheNextBlock) {
   EXPECT_GE(kgmp::internal::last_run_stats().handoffs, 2u);
 }
 
+// run() returns while Gs still run and ask for held spares: the stop's wake of a watcher can be
+// folded into a holder's wake for a hold request (one eventfd counts both), and a watcher
+// that took it for the request alone slept forever (seen under asan at the end of
+// SelectStressWithCloses). Many short runs, each must return; a guard thread fails the test
+// instead of letting it hang.
+TEST(TraceHeldSpare, RunReturnsWhileSparesAreAskedFor) {
+  REQUIRE_TRACE();
+  constexpr int kRuns = 200;
+  std::atomic<int> done{0};
+  std::atomic<bool> finished{false};
+  std::thread guard([&] {
+    int last = -1;
+    while (!finished.load()) {
+      for (int i = 0; i < 200 && !finished.load(); i++)
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      if (finished.load()) return;
+      int d = done.load();
+      if (d == last) {
+        fprintf(stderr, "run() number %d did not return within 10 s: a watcher missed the stop\n", d);
+        _exit(1);  // fail, not hang
+      }
+      last = d;
+    }
+  });
+  for (int i = 0; i < kRuns; i++) {
+    RescuedPipe a;
+    ASSERT_TRUE(a.ok());
+    kgmp::run(
+        [&] {
+          for (int k = 0; k < 3; k++) one_handoff(a);  // every P used gets hold credit
+          for (int g = 0; g < 8; g++)
+            kgmp::go([] {
+              for (int y = 0; y < 50; y++) kgmp::yield();  // work queued: hold requests
+            });
+        },  // and return at once
+        kgmp::Config{.procs = 2});
+    done++;
+  }
+  finished = true;
+  guard.join();
+  EXPECT_EQ(done.load(), kRuns);
+}
+
 // A held watcher runs only when its CPU has nothing else to run. With another thread spinning
 // on that CPU (a CPU hog of another program), a block of the holder must still hand the P off
 // (the polling backstop does, within milliseconds), not wait for the hog to stop.
