@@ -441,6 +441,9 @@ HANDOFF_RE = re.compile(r"^RESULT handoff monitor=(\S+) quiet=(\S+) p50_us=(\S+)
                         r"p99_us=(\S+) max_us=(\S+) trials=(\d+)")
 IDLE_RE = re.compile(r"^RESULT idle monitor=(\S+) seconds=(\d+) context_switches=(-?\d+) "
                      r"cpu_ms=(\S+)")
+RETOUCH_RE = re.compile(r"^RESULT retouch quiet=(\S+) quiet_ms=(\d+) rounds=(\d+) pages=(\d+) "
+                        r"worst_p50_us=(\S+) worst_p90_us=(\S+) worst_max_us=(\S+) "
+                        r"touches_over_20us=(\d+) touches_over_100us=(\d+)")
 
 
 def handoff_section(kgmp_binary, go_binary, modes, timeout):
@@ -461,6 +464,17 @@ def handoff_section(kgmp_binary, go_binary, modes, timeout):
                 m = HANDOFF_RE.match(line)
                 if m:
                     rows.append(m.groups())
+    retouch_rows = []
+    for quiet, ms in (("compute", 30), ("idle", 100)):
+        if quiet not in modes:
+            continue
+        cmd = [str(kgmp_binary), "retouch", "--quiet", quiet, "--quiet_ms", str(ms), "--trials", "100"]
+        print(f"[retouch {quiet}] {' '.join(shown(c) for c in cmd)}", file=sys.stderr, flush=True)
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout).stdout
+        except subprocess.TimeoutExpired:
+            out = ""
+        retouch_rows += [m.groups() for m in map(RETOUCH_RE.match, out.splitlines()) if m]
     if modes:
         cmd = [str(kgmp_binary), "idle", "--monitor", "all", "--seconds", "10"]
         print(f"[idle] {' '.join(shown(c) for c in cmd)}", file=sys.stderr, flush=True)
@@ -485,6 +499,18 @@ def handoff_section(kgmp_binary, go_binary, modes, timeout):
             vs50 = f"{float(g[2]) / max(float(p50), 0.001):.1f}x faster"
             vs99 = f"{float(g[4]) / max(float(p99), 0.001):.1f}x faster"
         lines.append(f"| {quiet} | {mon} | {p50} | {p90} | {p99} | {mx} | {n} | {vs50} | {vs99} |")
+    if retouch_rows:
+        lines += ["", "The machine in the same run: the first touch of a page left alone during a quiet "
+                  "period, outside any runtime (`kgmp-bench retouch`, 256 pages, 100 rounds). A "
+                  "host that stalls such touches 100–200 µs puts that into any hand-off that "
+                  "touches a cold page; `sudo bench/trace-handoff -- --monitor trace --quiet Q` "
+                  "names the cause of each slow trial.", "",
+                  "| quiet | quiet ms | worst touch per round p50 / p90 / max µs | touches over 20 µs | over 100 µs |",
+                  "|---|---|---|---|---|"]
+        for r in retouch_rows:
+            quiet, ms, rounds, pages, w50, w90, wmax, o20, o100 = r
+            lines.append(f"| {quiet} | {ms} | {w50} / {w90} / {wmax} | {o20} of "
+                         f"{int(rounds) * int(pages)} | {o100} |")
     if idle_rows:
         lines += ["", "## idle: the cost of a runtime whose goroutines are all blocked", "",
                   "Every goroutine blocked (main on a WaitGroup, one in `read()` on a pipe); the "
