@@ -60,11 +60,16 @@ int first_cpu() {
   return 0;
 }
 
+// The q-quantile of sorted v (nearest rank below).
+double pct(const std::vector<double>& v, double q) {
+  return v[static_cast<std::size_t>(q * static_cast<double>(v.size() - 1))];
+}
+
 void report(const std::string& monitor, const std::string& quiet, std::vector<double> us) {
   std::sort(us.begin(), us.end());
-  auto pct = [&](double q) { return us[static_cast<std::size_t>(q * static_cast<double>(us.size() - 1))]; };
   printf("RESULT handoff monitor=%s quiet=%s p50_us=%.1f p90_us=%.1f p99_us=%.1f max_us=%.1f trials=%zu\n",
-         monitor.c_str(), quiet.c_str(), pct(0.5), pct(0.9), pct(0.99), us.back(), us.size());
+         monitor.c_str(), quiet.c_str(), pct(us, 0.5), pct(us, 0.9), pct(us, 0.99), us.back(),
+         us.size());
   fflush(stdout);
 }
 
@@ -76,14 +81,14 @@ void compute_for(std::int64_t ns) {
     for (int i = 0; i < 1000; i++) x = x * 1.0000001;
 }
 
-// monitor: scx, trace, poll, or trace-sleep (trace with KGMP_TRACE_SPARE=sleep: the watcher
-// sleeps on the ring instead of being held runnable, the design held spares replaced).
 // One trial: when B entered read() (CLOCK_MONOTONIC ns) and how long A waited for the P (µs).
 struct Trial {
   std::int64_t t_enter_ns;
   double us;
 };
 
+// monitor: scx, trace, poll, or trace-sleep (trace with KGMP_TRACE_SPARE=sleep: the watcher
+// sleeps on the ring instead of being held runnable, the design held spares replaced).
 std::vector<Trial> kgmp_trials(const std::string& name, const std::string& quiet, int trials) {
   const std::string monitor = name == "trace-sleep" ? "trace" : name;
   setenv("KGMP_MONITOR", monitor.c_str(), 1);
@@ -223,7 +228,9 @@ int bench_handoff(const std::string& monitors, const std::string& quiet, int tri
     std::vector<double> us;
     for (const Trial& t : got) {
       us.push_back(t.us);
-      if (raw) fprintf(raw, "%s %s %lld %.1f\n", m.c_str(), quiet.c_str(), static_cast<long long>(t.t_enter_ns), t.us);
+      if (raw)
+        fprintf(raw, "%s %s %lld %.1f\n", m.c_str(), quiet.c_str(),
+                static_cast<long long>(t.t_enter_ns), t.us);
     }
     report(m, quiet, us);
   }
@@ -236,8 +243,9 @@ int bench_handoff(const std::string& monitors, const std::string& quiet, int tri
 // handoff's), then one read of each page, timed alone. A guest's page that the host has not
 // seen touched for a while can cost the first touch 100-200 us with no fault in the guest
 // (measured here, per touch: 1 in 770,000 after 1 ms of compute, 1 in 38,000 after 10 ms, 1 in
-// 6,000 after 30 ms, 1 in 3,700 after 100 ms); a hand-off that touches such a page pays it. Reports the worst touch per round (p50, p90, max) and how many touches of all
-// took over 20 and 100 us.
+// 6,000 after 30 ms, 1 in 3,700 after 100 ms); a hand-off that touches such a page pays it.
+// Reports the worst touch per round (p50, p90, max) and how many touches of all took over 20
+// and 100 us.
 int bench_retouch(const std::string& quiet, int quiet_ms, int rounds) {
   if (quiet != "compute" && quiet != "idle") {
     fprintf(stderr, "kgmp-bench retouch: --quiet must be compute or idle\n");
@@ -269,10 +277,10 @@ int bench_retouch(const std::string& quiet, int quiet_ms, int rounds) {
     worst.push_back(w);
   }
   std::sort(worst.begin(), worst.end());
-  auto pct = [&](double q) { return worst[static_cast<std::size_t>(q * static_cast<double>(worst.size() - 1))]; };
   printf("RESULT retouch quiet=%s quiet_ms=%d rounds=%d pages=%d worst_p50_us=%.1f worst_p90_us=%.1f "
          "worst_max_us=%.1f touches_over_20us=%ld touches_over_100us=%ld\n",
-         quiet.c_str(), quiet_ms, rounds, kPages, pct(0.5), pct(0.9), worst.back(), over20, over100);
+         quiet.c_str(), quiet_ms, rounds, kPages, pct(worst, 0.5), pct(worst, 0.9), worst.back(),
+         over20, over100);
   fflush(stdout);
   return 0;
 }

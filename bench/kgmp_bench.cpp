@@ -384,8 +384,8 @@ int main(int argc, char** argv) {
     return kgmp_bench::bench_switch_cost(20, 20000);
   if (args[1] == std::string("retouch")) {
     int rounds = absl::GetFlag(FLAGS_trials);
-    return kgmp_bench::bench_retouch(absl::GetFlag(FLAGS_quiet) == "hot" ? "idle" : absl::GetFlag(FLAGS_quiet),
-                                     absl::GetFlag(FLAGS_quiet_ms), rounds == 0 ? 100 : rounds);
+    return kgmp_bench::bench_retouch(absl::GetFlag(FLAGS_quiet), absl::GetFlag(FLAGS_quiet_ms),
+                                     rounds == 0 ? 100 : rounds);
   }
   if (args[1] == std::string("idle"))
     return kgmp_bench::bench_idle(absl::GetFlag(FLAGS_monitor), absl::GetFlag(FLAGS_seconds));

@@ -306,28 +306,24 @@ TEST(TraceHandoff, RandomBlockingStressKeepsTheLeaseInvariant) {
 }
 
 #ifdef KGMP_HANDOFF_IS_TRACE
-// Threads of this process whose policy is SCHED_IDLE (a held spare is; nothing else is).
-int threads_at_sched_idle() {
-  int n = 0;
+// This process's threads at SCHED_IDLE (a held spare is; nothing else is): how many, and the
+// last one's tid (0: none). count -1: /proc unreadable.
+struct IdleThreads {
+  int count = 0, tid = 0;
+};
+IdleThreads sched_idle_threads() {
+  IdleThreads r;
   DIR* d = opendir("/proc/self/task");
-  if (d == nullptr) return -1;
+  if (d == nullptr) return {-1, 0};
   while (dirent* e = readdir(d))
-    if (e->d_name[0] != '.' && sched_getscheduler(atoi(e->d_name)) == SCHED_IDLE) n++;
+    if (e->d_name[0] != '.' && sched_getscheduler(atoi(e->d_name)) == SCHED_IDLE) {
+      r.count++;
+      r.tid = atoi(e->d_name);
+    }
   closedir(d);
-  return n;
+  return r;
 }
-
-// The one SCHED_IDLE thread of this process (the held watcher), or 0.
-int thread_at_sched_idle() {
-  int tid = 0;
-  DIR* d = opendir("/proc/self/task");
-  if (d == nullptr) return 0;
-  while (dirent* e = readdir(d))
-    if (e->d_name[0] != '.' && sched_getscheduler(atoi(e->d_name)) == SCHED_IDLE)
-      tid = atoi(e->d_name);
-  closedir(d);
-  return tid;
-}
+int threads_at_sched_idle() { return sched_idle_threads().count; }
 
 // How many times thread tid was given the CPU (the third field of its schedstat), or -1.
 long times_run(int tid) {
@@ -336,7 +332,9 @@ long times_run(int tid) {
   FILE* f = fopen(path, "r");
   if (f == nullptr) return -1;
   unsigned long long run_ns, wait_ns, slices;
-  long n = fscanf(f, "%llu %llu %llu", &run_ns, &wait_ns, &slices) == 3 ? static_cast<long>(slices) : -1;
+  long n = fscanf(f, "%llu %llu %llu", &run_ns, &wait_ns, &slices) == 3
+               ? static_cast<long>(slices)
+               : -1;
   fclose(f);
   return n;
 }
@@ -453,7 +451,7 @@ TEST(TraceHeldSpare, StaleHoldIsRefreshedBeforeTheNextBlock) {
         });
         if (!spin_until([] { return kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD; }))
           return;
-        tid = thread_at_sched_idle();
+        tid = sched_idle_threads().tid;
         // Compute 30 ms without entering the runtime: the hold goes stale.
         auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(30);
         while (std::chrono::steady_clock::now() < end) {

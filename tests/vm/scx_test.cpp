@@ -37,7 +37,6 @@ using namespace std::chrono_literals;
 
 constexpr char kState[] = "/sys/kernel/sched_ext/state";
 
-
 std::string read_line(const char* path) {
   std::ifstream f(path);
   std::string s;

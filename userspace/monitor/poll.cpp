@@ -16,9 +16,9 @@
 // rounds, not 50; a kick wakes it only if a P has no watcher or a P's holder is blocked (BPF's
 // stamps); a watcher held runnable (trace.cpp) arms a timer 1 ms ahead instead of waking it
 // (its unbounded sleep polls an eventfd and that timerfd). Under scx it runs only once the
-// runtime falls back to trace (scx.cpp). Its ticks run on the CPU it was started from, the first P's:
-// woken for nothing on every wake_p, its bursts of 20 us ticks preempted the Ms of a P in the
-// middle of a hand-off. (Moved off that CPU it costs more after a compute phase: 26 against
+// runtime falls back to trace (scx.cpp). Its ticks run on the CPU it was started from, the
+// first P's: woken for nothing on every wake_p, its bursts of 20 us ticks preempted the Ms of
+// a P in the middle of a hand-off. (Moved off that CPU it costs more after a compute phase: 26 against
 // 11 us p50; its ticks there keep the CPU's switch path warm.)
 //
 // Rejected: polling every P's lease without back-off (11-28 % of a core on the development
@@ -141,9 +141,6 @@ class PollMonitor final : public Monitor {
     return timer;
   }
 
- public:
-
- private:
   struct Seen {
     LeaseWord lease = 0;
     std::int64_t since = 0;

@@ -123,9 +123,9 @@ class ScxMonitor final : public Monitor {
     // Measured there (6.16, TCG; counters added for the experiment, not kept): started with
     // the scheduler, the backstop ran 1,111 rounds in the 4.5 s stress and used 2.7 s of CPU
     // (2.5 ms a round under TCG, where its timers, syscalls and switches are all emulated;
-    // which of them costs most was not measured), and retook no P at all. As a CFS task it runs before
-    // every SCHED_EXT M of its CPU: they waited. Turning off its kicks changed nothing (2 of 2
-    // runs still left scx); its own 1-10 ms ticks suffice under TCG.
+    // which of them costs most was not measured), and retook no P at all. As a CFS task it
+    // runs before every SCHED_EXT M of its CPU: they waited. Turning off its kicks changed
+    // nothing (2 of 2 runs still left scx); its own 1-10 ms ticks suffice under TCG.
     // Preemption requests (sched.cpp, gopreempt): the Ms read the scheduler's words from now
     // on. Published, then alive_ re-checked: a retire() that ran meanwhile (it clears alive_,
     // then the pointer) cannot leave the pointer set behind it.

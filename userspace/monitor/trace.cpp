@@ -47,9 +47,9 @@
 //     of ms the pages of its loop are cold: the host here stalls the first touch of such a
 //     page 100-200 us (`kgmp-bench retouch`: per touch, 1 in 770,000 after 1 ms of compute,
 //     1 in 38,000 after 10 ms, 1 in 6,000 after 30 ms, 1 in 3,700 after 100 ms), and those
-//     stalls landed on the hand-off (bench/trace-handoff:
-//     p99 140-170 us after compute). So the holder, leaving the runtime with work queued and
-//     the hold older than kStaleHoldNs, CASes HELD -> REQUESTED, sets the watcher to
+//     stalls landed on the hand-off (bench/trace-handoff: p99 140-170 us after compute). So
+//     the holder, leaving the runtime with work queued and the hold older than
+//     kStaleHoldNs, CASes HELD -> REQUESTED, sets the watcher to
 //     SCHED_OTHER and yields (at most 8 times) until it is HELD again: the watcher, back in its
 //     loop, sees REQUESTED, stores HELD and returns to SCHED_IDLE, its path warm (compute p50
 //     11 -> 5 us, p99 137-168 -> 11-16 us). A watcher letting go meanwhile stores SLEEPING over
@@ -68,8 +68,9 @@
 //   for a whole period with work queued (to a SCHED_OTHER M, as any backstop hand-off): Go's
 //   sysmon bound.
 //
-// Measured (kgmp-bench handoff, 1 P, same run, bench/RESULTS.md): p50 1.5 us hot where the
-// sleeping watcher takes 16 us, and about 10 us after 50-200 ms of compute or idle (27-50 us).
+// Measured (kgmp-bench handoff, 1 P, same run, bench/RESULTS.md): p50 / p99 1.5 / 2.0 us hot
+// where the sleeping watcher takes 17 / 52 us, 4.4 / 15 us after 50-100 ms of compute (31 /
+// 86 us), 10 / 14 us after 100-200 ms asleep (55 / 121 us).
 //
 // Rejected: a monitor thread reading one ring for all Ps (two wakeups, 25-52 us: design B);
 // bpf_send_signal to the spare (deferred through irq_work like the ring: no faster, design G);
@@ -85,6 +86,7 @@
 
 #include "monitor.h"
 #include "sched.h"
+#include "timer.h"
 
 #ifdef KGMP_HAVE_BPF
 #include "trace_bpf.h"
@@ -103,7 +105,10 @@ namespace {
 class TraceMonitor final : public Monitor {
  public:
   TraceMonitor(std::unique_ptr<TraceBpf> bpf, std::vector<std::unique_ptr<TraceBpf::Ring>> rings)
-      : bpf_(std::move(bpf)), rings_(std::move(rings)), backstop_(make_poll_monitor(true)) {}
+      : bpf_(std::move(bpf)),
+        rings_(std::move(rings)),
+        held_(rings_.size()),
+        backstop_(make_poll_monitor(true)) {}
 
   const char* name() const override { return "trace"; }
   kgmp_shared* shared() override { return bpf_->shared(); }
@@ -160,7 +165,7 @@ class TraceMonitor final : public Monitor {
   bool refresh_held_watcher(int p) override {
     Held& h = held_[static_cast<std::size_t>(p)];
     const pid_t tid = h.tid.load(std::memory_order_acquire);
-    if (tid == 0 || now_ns() - h.since.load(std::memory_order_relaxed) < kStaleHoldNs)
+    if (tid == 0 || nanotime() - h.since.load(std::memory_order_relaxed) < kStaleHoldNs)
       return false;
     __u32 held = KGMP_SPARE_HELD;
     if (!std::atomic_ref<__u32>(bpf_->shared()->p[p].spare_held)
@@ -199,7 +204,7 @@ class TraceMonitor final : public Monitor {
     // thread reads the ring before it sleeps, which holds from here on.
     held.store(KGMP_SPARE_HELD, std::memory_order_seq_cst);
     Held& me = held_[static_cast<std::size_t>(p)];
-    me.since.store(now_ns(), std::memory_order_relaxed);
+    me.since.store(nanotime(), std::memory_order_relaxed);
     me.tid.store(static_cast<pid_t>(gettid()), std::memory_order_release);
     backstop_->kick_held();  // a timerfd_settime, ~10 us here: not after the holder may block
     set_policy(SCHED_IDLE);
@@ -209,7 +214,7 @@ class TraceMonitor final : public Monitor {
         // The holder refreshed a stale hold (refresh_held_watcher) and set us to SCHED_OTHER:
         // this pass through the loop is what warms it; HELD again, then SCHED_IDLE again.
         held.store(KGMP_SPARE_HELD, std::memory_order_seq_cst);
-        me.since.store(now_ns(), std::memory_order_relaxed);
+        me.since.store(nanotime(), std::memory_order_relaxed);
         set_policy(SCHED_IDLE);
       }
       if (take_event(ring, lease)) {
@@ -247,12 +252,6 @@ class TraceMonitor final : public Monitor {
     return r;
   }
 
-  static std::int64_t now_ns() {
-    timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
-  }
-
   // A hold older than this is refreshed by the holder (see "Refresh" in the design comment):
   // the host's stalls on a page first touched again grow 6x from 10 to 30 ms of quiet.
   static constexpr std::int64_t kStaleHoldNs = 10'000'000;
@@ -272,7 +271,7 @@ class TraceMonitor final : public Monitor {
 
   std::unique_ptr<TraceBpf> bpf_;
   std::vector<std::unique_ptr<TraceBpf::Ring>> rings_;
-  std::vector<Held> held_ = std::vector<Held>(rings_.size());
+  std::vector<Held> held_;  // per P
   std::unique_ptr<Monitor> backstop_;
   std::atomic<bool> stopping_{false};
 

@@ -1060,20 +1060,26 @@ static bool work_queued(P* p) {
          std::atomic_ref<__u32>(sched->shared->hdr.nglobal).load(std::memory_order_relaxed) != 0;
 }
 
+// Yields (at most 8 times: a watcher not eligible yet, EEVDF lag, is passed over) until p's
+// watcher is HELD. Caller: p's holder, after asking for or refreshing a held watcher.
+static void yield_until_held(std::atomic_ref<__u32> held) {
+  for (int i = 0; i < 8 && held.load(std::memory_order_acquire) != KGMP_SPARE_HELD; i++)
+    sched_yield();
+}
+
 // Asks for p's watcher to be held runnable (trace.cpp's held spares) when work is queued behind
 // the G about to run and p handed off lately: if this M blocks in the kernel, the CPU then
 // switches straight to the watcher instead of waking it through an IPI. The wakeup is followed
 // by a yield, so the watcher (pinned here) is held before this M can block: a watcher woken
 // from a long sleep takes 30 us to get there, which would otherwise be the hand-off's latency.
+// A watcher held so long that its path went cold is refreshed instead (trace.cpp, "Refresh").
 // Caller: p's holder, with p->hold_credit != 0.
 static void hold_spare(P* p) {
   std::atomic_ref<__u32> held(p->sh->spare_held);
   __u32 h = held.load(std::memory_order_relaxed);
   if ((h != KGMP_SPARE_SLEEPING && h != KGMP_SPARE_HELD) || !work_queued(p)) return;
   if (h == KGMP_SPARE_HELD) {  // held already: refreshed if held long enough to go cold
-    if (sched->monitor->refresh_held_watcher(p->id))
-      for (int i = 0; i < 8 && held.load(std::memory_order_acquire) != KGMP_SPARE_HELD; i++)
-        sched_yield();
+    if (sched->monitor->refresh_held_watcher(p->id)) yield_until_held(held);
     return;
   }
   // Not on a CPU that other programs keep busy: a held watcher (SCHED_IDLE) would wait behind
@@ -1091,9 +1097,7 @@ static void hold_spare(P* p) {
   __u32 sleeping = KGMP_SPARE_SLEEPING;
   if (held.compare_exchange_strong(sleeping, KGMP_SPARE_REQUESTED, std::memory_order_acq_rel)) {
     sched->monitor->wake_watcher(p->id);
-    // A few yields, not one: a watcher that was not eligible yet (EEVDF lag) is passed over.
-    for (int i = 0; i < 8 && held.load(std::memory_order_acquire) != KGMP_SPARE_HELD; i++)
-      sched_yield();
+    yield_until_held(held);
   }
 }
 
