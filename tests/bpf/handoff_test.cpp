@@ -325,6 +325,12 @@ IdleThreads sched_idle_threads() {
 }
 int threads_at_sched_idle() { return sched_idle_threads().count; }
 
+// P 0's watcher is held: HELD, and (the watcher stores HELD before it drops its policy) the one
+// SCHED_IDLE thread.
+bool held_at_sched_idle() {
+  return kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD && threads_at_sched_idle() == 1;
+}
+
 // How many times thread tid was given the CPU (the third field of its schedstat), or -1.
 long times_run(int tid) {
   char path[64];
@@ -387,8 +393,9 @@ TEST(TraceHeldSpare, HeldWhileWorkIsQueuedAndLetGoWhenIdle) {
           b.release();
           wg.done();
         });
-        if (spin_until([] { return kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD; }))
-          held_before_block = KGMP_SPARE_HELD;
+        // HELD is stored before the drop to SCHED_IDLE (trace.cpp): wait for both.
+        spin_until(held_at_sched_idle);
+        held_before_block = kgmp::internal::spare_held_now(0);
         idle_threads_held = threads_at_sched_idle();
         // 3. Block without telling the runtime: the held watcher runs C, which frees us.
         b.read_one();
@@ -440,17 +447,13 @@ TEST(TraceHeldSpare, StaleHoldIsRefreshedBeforeTheNextBlock) {
           // watcher; where EEVDF still passes it over (its lag from SCHED_IDLE: seen under
           // QEMU TCG), it runs at its next fair turn, now at SCHED_OTHER. Without a refresh it
           // stays HELD at SCHED_IDLE and does not run while we compute.
-          held_after = spin_until([] {
-            return kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD &&
-                   threads_at_sched_idle() == 1;
-          });
+          held_after = spin_until(held_at_sched_idle);
           runs_after = times_run(tid);
           idle_threads_after = threads_at_sched_idle();
           c_ran = true;
           wg.done();
         });
-        if (!spin_until([] { return kgmp::internal::spare_held_now(0) == KGMP_SPARE_HELD; }))
-          return;
+        if (!spin_until(held_at_sched_idle)) return;
         tid = sched_idle_threads().tid;
         // Compute 30 ms without entering the runtime: the hold goes stale.
         auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(30);
