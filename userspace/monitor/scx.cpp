@@ -190,10 +190,16 @@ class ScxMonitor final : public Monitor {
       std::lock_guard<std::mutex> g(mu_);
       tids_.push_back(m->tid);
     }
+    sched_param sp{};
     if (alive_.load(std::memory_order_acquire)) {
-      sched_param sp{};
       if (sched_setscheduler(0, kSchedExt, &sp) != 0)
         setsched_failed_.fetch_add(1, std::memory_order_relaxed);
+    } else if (sched_getscheduler(0) == kSchedExt) {
+      // Created by an M still SCHED_EXT just before retire() switched the Ms back, and
+      // registered after retire() read the list: it inherited SCHED_EXT and nobody else will
+      // take it back to CFS (left there, a CPU busy with CFS tasks starves it until the
+      // watchdog ejects the scheduler).
+      (void)sched_setscheduler(0, SCHED_OTHER, &sp);
     }
   }
   void unregister_m(M* m) override { trace_->unregister_m(m); }
