@@ -266,7 +266,7 @@ static __always_inline int m_switched_out(bool preempt, struct task_struct *prev
 	lease = READ_ONCE_U64(s->p[p].lease);
 	if (KGMP_LEASE_STATE(lease) != KGMP_LEASE_USER || KGMP_LEASE_HOLDER(lease) != slot)
 		return 0;
-	if (READ_ONCE_U32(s->p[p].runq_len) == 0 && READ_ONCE_U32(s->hdr.nglobal) == 0)
+	if (!kgmp_work_queued(&s->hdr, &s->p[p]))
 		return 0;
 	/* Skip the wakeup (the irq_work self-IPI, ~7 us here) when the watcher reads the event
 	 * without sleeping: under scx_kgmp the scheduler dispatches the held watcher (a watcher

@@ -87,6 +87,37 @@ struct kgmp_m_shared {
   __u64 last_wake_ns;
 };
 
+/* The predicates both sides use, stated once: BPF filters with them and the runtime acts on
+ * them. Both read memory the other side writes concurrently: BPF with volatile loads, the
+ * runtime with acquire loads (plain memory to BPF, atomics to C++). A stale answer costs one
+ * useless wakeup or one hand-off left to the backstop, never a wrong hand-off: a P is taken
+ * only by a CAS from the exact lease word that was read. */
+#ifdef __bpf__
+#define KGMP_LOAD_U32(x) (*(const volatile __u32 *)&(x))
+#define KGMP_LOAD_U64(x) (*(const volatile __u64 *)&(x))
+#define KGMP_INLINE static __always_inline
+#else
+#define KGMP_LOAD_U32(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#define KGMP_LOAD_U64(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#define KGMP_INLINE static inline
+#endif
+
+/* Gs wait behind the running G of the P whose slot is p: its local queue or runnext (runq_len)
+ * or the global queue (nglobal). A block is worth reporting, and a spare worth holding, only
+ * then. */
+KGMP_INLINE int kgmp_work_queued(const struct kgmp_hdr *h, const struct kgmp_p_shared *p)
+{
+  return KGMP_LOAD_U32(p->runq_len) != 0 || KGMP_LOAD_U32(h->nglobal) != 0;
+}
+
+/* BPF saw M slot m switched out blocked and has not seen it woken since: its block stamp is
+ * newer than its wake stamp. */
+KGMP_INLINE int kgmp_blocked_since_wake(const struct kgmp_m_shared *m)
+{
+  return KGMP_LOAD_U64(m->last_block_ns) > KGMP_LOAD_U64(m->last_wake_ns);
+}
+
+
 struct kgmp_shared {
   struct kgmp_hdr hdr;
   struct kgmp_p_shared p[KGMP_MAX_PROCS];

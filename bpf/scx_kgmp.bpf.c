@@ -414,7 +414,7 @@ void BPF_STRUCT_OPS(kgmp_stopping, struct task_struct *p, bool runnable)
 	if (KGMP_LEASE_STATE(lease) != KGMP_LEASE_USER || KGMP_LEASE_HOLDER(lease) != (__u32)slot)
 		return;
 	CORE_INC(here, blocks);
-	if (READ_ONCE_U32(s->p[pidx(pi)].runq_len) == 0 && READ_ONCE_U32(s->hdr.nglobal) == 0)
+	if (!kgmp_work_queued(&s->hdr, &s->p[pidx(pi)]))
 		return;
 	WRITE_ONCE_U64(st.handoff_lease[pidx(pi)], lease);
 	WRITE_ONCE_U32(st.pending[pidx(pi)], KGMP_SCX_REL_BLOCK);

@@ -28,6 +28,7 @@
 #include <thread>
 
 #include "../unit/blocking_util.h"
+#include "../unit/test_util.h"
 #include "export_test.h"
 #include "kgmp_trace.h"
 #include "kgmp/kgmp.h"
@@ -205,6 +206,43 @@ TEST(TraceHandoff, TimerDueWhileTheHolderBlocksWithoutWorkStillFires) {
   EXPECT_EQ(read_done.load(), 2);
 }
 
+// The same, with the timer set while the holder runs and the P's watcher already asleep with no
+// deadline: the sleeper's timer goes on the P's heap while main holds the P, then main blocks
+// in read() with nothing queued (BPF does not report it). Only the watcher, woken by the new
+// earlier timer (poke_watchers), can see the timer fall due behind the blocked holder.
+TEST(TraceHandoff, TimerSetBeforeAnUnreportedBlockStillFires) {
+  REQUIRE_TRACE();
+  RescuedPipe p;
+  ASSERT_TRUE(p.ok());
+  std::atomic<int> seq{0}, wrote{0}, read_done{0};
+  kgmp::run(
+      [&] {
+        // A quiet period, so that the watcher of P 0 ends up waiting without a deadline: main
+        // sleeps (the watcher waits until main's timer, then backs off), then computes a while
+        // without entering the runtime.
+        kgmp::sleep_for(std::chrono::milliseconds(30));
+        for (auto t0 = std::chrono::steady_clock::now();
+             std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(30);) {
+        }
+        kgmp::WaitGroup wg;
+        wg.add(1);
+        kgmp::go([&] {
+          kgmp::sleep_for(std::chrono::milliseconds(20));
+          wrote = ++seq;
+          p.release();
+          wg.done();
+        });
+        kgmp::yield();  // the writer runs and parks on its timer; nothing else is queued
+        p.read_one();   // a raw read(): the block is not reported
+        read_done = ++seq;
+        wg.wait();
+      },
+      kgmp::Config{.procs = 1});
+  EXPECT_EQ(wrote.load(), 1) << "the writer's timer fired only after the reader was freed by "
+                                "the test's 20 s rescue: the timer was lost behind the block";
+  EXPECT_EQ(read_done.load(), 2);
+}
+
 // CPU time (ns) of this process's threads other than the caller (schedstat's first field).
 std::uint64_t others_cpu_ns() {
   std::uint64_t sum = 0;
@@ -301,8 +339,43 @@ TEST(TraceHandoff, RandomBlockingStressKeepsTheLeaseInvariant) {
   EXPECT_EQ(finished.load(), kGs);
   EXPECT_TRUE(kgmp::internal::accounted(st));
   EXPECT_EQ(st.lease_violations, 0u);
+  EXPECT_EQ(st.stale_runq_len, 0u);
   EXPECT_GT(st.handoffs, 0u) << "the stress never handed a P off";
   EXPECT_LT(st.threads, 200u) << "Ms must be reused, not created per block";
+}
+
+// Gs that reach a P's ring by a steal or from the global queue are published in its runq_len
+// like any other, so that BPF reports a block of the G run next: the lease checker counts every
+// runtime exit that finds the published length 0 while the ring holds Gs. Bursts of spawns
+// overflow P 0's ring into the global queue (taken back in batches), and the other Ps steal.
+TEST(TraceHandoff, StolenAndGlobalWorkIsPublishedToBpf) {
+  REQUIRE_TRACE();
+  if (kgmp_test::ncpus() < 2) GTEST_SKIP() << "needs 2 CPUs (stealing needs a second P)";
+  kgmp::internal::set_lease_check_for_test(true);
+  std::atomic<int> finished{0};
+  constexpr int kRounds = 20, kBurst = 600;
+  kgmp::run([&] {
+    for (int r = 0; r < kRounds; r++) {
+      kgmp::WaitGroup wg;
+      wg.add(kBurst);
+      for (int i = 0; i < kBurst; i++)
+        kgmp::go([&] {
+          for (int k = 0; k < 3; k++) {
+            volatile double x = 1;
+            for (int j = 0; j < 200; j++) x = x * 1.000001;
+            kgmp::yield();
+          }
+          finished++;
+          wg.done();
+        });
+      wg.wait();
+    }
+  });
+  kgmp::internal::set_lease_check_for_test(false);
+  auto st = kgmp::internal::last_run_stats();
+  EXPECT_EQ(finished.load(), kRounds * kBurst);
+  EXPECT_EQ(st.stale_runq_len, 0u) << "a P's ring held Gs while its published runq_len said 0";
+  EXPECT_EQ(st.lease_violations, 0u);
 }
 
 #ifdef KGMP_HANDOFF_IS_TRACE

@@ -1,19 +1,26 @@
-// monitor.h — how the runtime learns that an M blocked in the kernel (DESIGN §4).
+// monitor.h — the monitors: how the kernel tells the runtime that an M blocked (DESIGN §4).
 //
-// Three implementations behind one interface, the best available chosen at start
-// (KGMP_MONITOR=auto|trace|poll overrides; the choice is logged once with its reason):
-//   poll   Go's sysmon: a thread checks the leases with Go's back-off (20 us doubling to 10 ms)
-//          and hands off a P whose M has been inside kgmp::blocking() for a whole period.
-//   trace  bpf/kgmp_trace.bpf.c on tp_btf/sched_switch reports a block of an M whose lease is
-//          USER while its P has work, on that P's ring buffer; the core's watcher M, blocked on
-//          the ring, takes the P by CAS and runs it: one wakeup, no monitor thread in between.
-//   scx    bpf/scx_kgmp.bpf.c, a sched_ext scheduler for the Ms only (partial mode): the core's
-//          watcher M is kept runnable but held by the scheduler and dispatched the moment the
-//          P-holder blocks (scx.cpp); trace runs beneath it as a hot standby, and takes over
-//          if the kernel ejects the scheduler.
-// Whatever the monitor, a P is only ever taken by CAS from a USER lease (handoff_p), so the
-// runtime's own code never loses its P mid-operation.
+// A monitor is an event source. It tells the runtime that P p's holder blocked (an event that
+// carries the lease word the kernel side saw), or that P p's watcher was woken; and it is told
+// whom to wake (wake) and, through the memory it shares with BPF (kgmp_p_shared::spare_held),
+// whom to hold. It never touches run queues, Ps or the scheduler's globals: the runtime acts
+// on every event itself, by CAS on the lease (userspace/runtime/handoff.cpp owns the protocol).
+//
+//   poll   no event source: the runtime's sysmon (handoff.cpp) polls the leases of Ms inside
+//          kgmp::blocking() with Go's back-off, as Go's sysmon does.
+//   trace  bpf/kgmp_trace.bpf.c on tp_btf/sched_switch posts a block event on P p's ring buffer
+//          when p's holder blocks in G code with work queued; p's watcher M waits on that ring.
+//   scx    bpf/scx_kgmp.bpf.c, a sched_ext scheduler for the runtime's Ms (partial mode): a
+//          waiting watcher is held runnable by the scheduler and dispatched on the blocked
+//          holder's CPU, one context switch; trace runs beneath it and takes over if the kernel
+//          ejects the scheduler (then the monitor says so through monitor_fell_back()).
+//
+// The runtime chooses the monitor once per run (run.cpp), logs the choice, and reads the
+// monitor's name at any time (kgmp::monitor(), schedtrace), which changes from scx to trace at
+// a fallback.
 #pragma once
+
+#include <sys/types.h>
 
 #include <cstdint>
 #include <memory>
@@ -24,56 +31,62 @@
 
 namespace kgmp::internal {
 
-struct M;
-
 struct Monitor {
+  // What the runtime may expect of this monitor; fixed for the run.
+  struct Traits {
+    // The kernel reports blocks of any kind: the runtime gives every P a watcher, hands a P off
+    // at kgmp::blocking() entry (Go's entersyscallblock: the kernel would report it anyway),
+    // and runs its sysmon as the backstop for what the events miss.
+    bool sees_blocks = false;
+    // The BPF side skips the ring's wakeup for a watcher whose spare_held is HELD, so the
+    // runtime may hold watchers runnable at SCHED_IDLE (held spares, handoff.cpp).
+    bool honours_held = false;
+    // The backstop starts only at monitor_fell_back(), not with the run (scx: the scheduler
+    // hands off; a CFS backstop thread on a P's CPU only delays its SCHED_EXT Ms).
+    bool backstop_at_fallback = false;
+  };
+  enum class Wake { kTimeout, kEvent, kWoken };
+
   virtual ~Monitor() = default;
+  // "poll", "trace" or "scx"; scx says "trace" once it fell back. Any thread.
   virtual const char* name() const = 0;
-  // The memory shared with BPF (the mmap'd map), or nullptr: the runtime allocates its own.
-  virtual kgmp_shared* shared() { return nullptr; }
-  // The BPF per-core telemetry counters (kgmp_trace.h), or nullptr when the monitor has none.
-  virtual const kgmp_cores* cores() const { return nullptr; }
-  // Starts the monitor's threads. Caller: run(), once the Ps and M0 exist.
-  virtual void start() = 0;
+  // Starts the monitor's own threads, if any. Caller: run(), once the Ps and M0 exist.
+  virtual void start() {}
   // Stops and joins them. Caller: run(), after the main G returned, before the Ms are joined.
-  virtual void stop() = 0;
-  // m entered kgmp::blocking() (in_blocking published). Caller: m, on its G.
-  virtual void enter_blocking(M* m) = 0;
-  // An M was created: the monitor may watch it (trace: register its tid). Caller: the new M.
-  virtual void register_m(M* m) {}
-  virtual void unregister_m(M* m) {}
-  // Hand the P off at kgmp::blocking() entry (Go's entersyscallblock) rather than wait to
-  // see the block: monitors that see blocks themselves do, so a marked call costs no latency.
-  virtual bool eager_blocking() const { return false; }
-  // Monitors whose spare Ms wait on a per-P event source (trace): one "watcher" M per P (of
-  // that P's core) blocks in watch(p) until a block event for P p arrives.
-  // watch() waits up to timeout_ms (-1: no limit) and returns 1 with *lease set for an event,
-  // 2 if woken by wake_watcher(p), 0 on timeout.
-  virtual bool has_watchers() const { return false; }
-  virtual int watch(int p, std::uint64_t* lease, int timeout_ms) { return 0; }
-  virtual void wake_watcher(int p) {}
-  // Whether watchers may be held runnable at SCHED_IDLE (trace: kgmp_p_shared::spare_held, set
-  // by the runtime when pinned and KGMP_TRACE_SPARE allows; see trace.cpp).
-  virtual bool can_hold_spares() const { return false; }
-  // P p's watcher is held (spare_held == HELD): if it has been held, unrun, for so long that
-  // the pages of its path have gone cold (kStaleHoldNs in trace.cpp), run it through its hold
-  // loop once now, while the caller still runs, and return true; the caller then yields until
-  // it is HELD again. Caller: p's holder, in exit_runtime with work queued.
-  virtual bool refresh_held_watcher(int p) { return false; }
-  // Something changed that the polling backstop should look at now (a P left the idle list,
-  // a watcher took its P). Cheap when nothing sleeps. Caller: any thread.
-  virtual void kick() {}
-  // A watcher is now held runnable at SCHED_IDLE (trace): the polling backstop covers the case
-  // where other tasks on its CPU starve it. Caller: that watcher.
-  virtual void kick_held() {}
+  virtual void stop() {}
+  // An M exists: the kernel side may watch its thread (slot < KGMP_MAX_MS). Caller: that M, on
+  // its own thread, before it runs anything.
+  virtual void register_m(int slot, pid_t tid) {}
+  // Waits up to timeout_ms (-1: no limit) on P p's event source: kEvent with *lease set to the
+  // word to CAS from, kWoken after wake(p) (or a spurious wake), kTimeout. Caller: p's watcher
+  // (M slot `slot`), P-less, on its g0.
+  virtual Wake wait(int p, int slot, int timeout_ms, std::uint64_t* lease) {
+    return Wake::kTimeout;
+  }
+  // Takes an event already posted for P p, without sleeping (a held watcher's poll; events
+  // posted without a wakeup). Caller: p's watcher.
+  virtual bool take(int p, std::uint64_t* lease) { return false; }
+  // Makes P p's watcher's current or next wait() return (kWoken at the latest). Any thread.
+  virtual void wake(int p) {}
+
+  Traits traits;
+  // The memory shared with BPF (the mmap'd map), or null: the runtime allocates its own.
+  kgmp_shared* shared = nullptr;
+  // BPF's per-core counters (kgmp_trace.h), or null.
+  const kgmp_cores* cores = nullptr;
+  // Preemption requests raised by the kernel side, one word per M slot, or null (scx).
+  std::uint32_t* preempt_words = nullptr;
   // One line for the log: what it is and why it was chosen.
   std::string reason;
 };
 
-// backstop = false: the poll monitor (kgmp::blocking sections only). backstop = true: the
-// polling half of the trace monitor: it also hands off Ps whose holder BPF saw blocked (a
-// dropped event, or no watcher on the core), and replaces missing watchers.
-std::unique_ptr<Monitor> make_poll_monitor(bool backstop = false);
+// The one runtime entry point a monitor calls: the scx scheduler is gone (ejected, or left
+// before the watchdog would eject it) and the runtime continues on the trace monitor beneath
+// it: preemption requests stop and the backstop starts. Caller: the monitor's own thread,
+// once, after its watchers no longer depend on the scheduler (handoff.cpp).
+void monitor_fell_back();
+
+std::unique_ptr<Monitor> make_poll_monitor();
 // Fails with a one-line reason (no privileges, no BTF, built without BPF, load failure).
 // shared_fd/tids_fd, if given, receive the fds of its kgmp_shared and kgmp_tids maps (owned by
 // the monitor), for the scx monitor to share.

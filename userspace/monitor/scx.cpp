@@ -1,47 +1,47 @@
 // scx.cpp — the scx monitor (DESIGN §4): the project's sched_ext scheduler holds each core's
-// spare M runnable and dispatches it the moment the P-holder blocks: a hand-off costs one
-// context switch.
+// waiting watcher runnable and dispatches it the moment the P's holder blocks, so a hand-off
+// costs one context switch.
 //
-// What: ScxMonitor = a trace monitor (kgmp_trace attached, its polling backstop, its per-P
-// rings) + scx_kgmp (scx_bpf.h) attached on top, sharing trace's maps. Every M switches itself
-// to SCHED_EXT when it registers (partial mode: nothing else of the machine is affected).
-// A watcher M (one per P, as under trace) does not sleep on the ring: it sets hold[slot] = p+1
-// and calls sched_yield(); the scheduler parks it in P p's park DSQ (runnable, not running,
-// the core may halt). When the P-holder blocks with work pending, ops.stopping records the
-// lease word and ops.dispatch on the same CPU moves the watcher to run next; it reads the
-// word (handoff_lease[p], xchg) and CASes the lease (handoff_p in sched.cpp).
+// What: ScxMonitor = a trace monitor (kgmp_trace attached, its per-P rings) + scx_kgmp
+// (scx_bpf.h) attached on top, sharing trace's maps. Every M switches itself to SCHED_EXT when
+// it registers (partial mode: nothing else of the machine is affected). A watcher that waits
+// without a deadline does not sleep on the ring: it sets hold[slot] = p+1 and calls
+// sched_yield(); the scheduler parks it in P p's park DSQ (runnable, not running, the core may
+// halt). When the holder blocks with work queued, ops.stopping records the lease word and the
+// ops.dispatch that follows on the same CPU moves the watcher to run next; wait() returns the
+// word (handoff_lease[p], xchg) for the runtime to CAS from.
 //
 // Invariants:
-//   - As under trace: a P is taken only by a CAS from the exact USER lease word BPF saw; the
-//     BPF side never writes a lease.
 //   - A watcher is held only while it waits without a deadline (timeout_ms < 0). With a timer
-//     pending it waits on the ring like trace (the scheduler's cycling period, timeout/5, is
-//     far coarser than timers need).
-//   - hold[slot] is cleared before watch() returns, so an M that is no longer a watcher is
-//     never parked.
+//     pending it waits on the ring like trace (the scheduler's cycling period, timeout/5, is far
+//     coarser than timers need).
+//   - hold[slot] is cleared before wait() returns, so an M that is no longer a watcher is never
+//     parked.
 //
 // Ejection (watchdog, scx_bpf_error, sysrq-S, unregistration by anyone): ops.exit fills the
-// exit record; the ejection thread sees exit.kind != 0 within kPollMs, logs
-// "kgmp: scx scheduler ejected (<reason>); continuing on trace", clears alive_ (watchers then
-// wait on their rings: trace), re-enables ring wakeups, switches the Ms back to SCHED_OTHER and
-// destroys the link. No G is lost: the kernel moves every SCHED_EXT task back to CFS, so a
-// held watcher runs at once, and the trace backstop covers any block seen by neither side in
-// the window.
-//
-// Preemption (DESIGN §5): start() points sched->preempt_flags at the program's preempt words
-// (ops.tick raises them, the Ms clear them: sched.cpp, gopreempt); retire() clears the pointer
-// before detaching. The .bss stays mapped until this monitor is deleted, after run() ends.
+// exit record; the ejection thread sees it within kPollMs, logs
+// "kgmp: scx scheduler ejected (<reason>); continuing on trace", and retires: block events wake
+// their rings again (hdr.scx_active = 0) before any watcher leaves the scheduler's hold (alive_),
+// the runtime is told (monitor_fell_back: no more preemption requests, the backstop starts),
+// the Ms go back to SCHED_OTHER and the link is destroyed. No G is lost: the kernel moves every
+// SCHED_EXT task back to CFS, so a held watcher runs at once, and the backstop covers any block
+// seen by neither side in the window.
 //
 // Starvation: partial mode runs SCHED_EXT tasks only when CFS has nothing to run on the CPU.
 // Under a CFS hog the Ms would wait until the watchdog ejects the scheduler (a "runnable task
 // stall", dmesg noise and a freeze). The program flags a CPU whose Ms waited starve_ns
-// (min(timeout/2, 2.5 s)) without the CPU ever turning to sched_ext; the ejection thread
+// (min(timeout/2, 2.5 s)) without the CPU ever turning to sched_ext; the ejection thread then
 // leaves scx for trace by itself ("kgmp: scx scheduler left (...)"), before the watchdog would.
 //
-// Rejected: a separate scx-only watcher protocol in sched.cpp (the watcher protocol of trace
-// fits: only watch() differs); polling /sys/kernel/sched_ext/state alone (it cannot tell our
-// exit from another scheduler's, and has no reason); epoll on the link fd (needs a newer
-// kernel than 6.12 for struct_ops links [memory]; polling every 20 ms costs nothing).
+// The backstop starts only at that fallback (Traits::backstop_at_fallback): while the scheduler
+// hands off it is not needed, and as a CFS thread it runs before every SCHED_EXT M of its CPU,
+// so under TCG its 1-10 ms rounds (2.5 ms of CPU each there) starved the Ms past the bound and
+// the runtime left scx.
+//
+// Rejected: a separate scx-only watcher protocol in the runtime (trace's fits: only wait()
+// differs); polling /sys/kernel/sched_ext/state alone (it cannot tell our exit from another
+// scheduler's, and has no reason); epoll on the struct_ops link fd (not pollable on the oldest
+// sched_ext kernels; polling every 20 ms costs nothing).
 #include <sched.h>
 #include <unistd.h>
 
@@ -57,7 +57,6 @@
 #include <vector>
 
 #include "monitor.h"
-#include "sched.h"
 
 #ifdef KGMP_HAVE_SCX
 #include "scx_bpf.h"
@@ -94,9 +93,16 @@ class ScxMonitor final : public Monitor {
  public:
   ScxMonitor(std::unique_ptr<Monitor> trace, std::unique_ptr<ScxBpf> scx, int nprocs)
       : trace_(std::move(trace)), scx_(std::move(scx)), nprocs_(nprocs) {
-    std::atomic_ref<__u32>(shared()->hdr.scx_active).store(1, std::memory_order_release);
+    traits.sees_blocks = true;
+    traits.backstop_at_fallback = true;
+    shared = trace_->shared;
+    cores = trace_->cores;
+    preempt_words = scx_->state()->preempt;
+    std::atomic_ref<__u32>(shared->hdr.scx_active).store(1, std::memory_order_release);
     // Started here, not in start(): run() calls start() on M0 after M0 switched to SCHED_EXT,
-    // and a starved M0 would never start the thread that notices the starvation.
+    // and a starved M0 would never start the thread that notices the starvation. Created
+    // before any M exists, it is a CFS thread on the process's whole affinity mask, so it runs
+    // even when the CPU of the starved Ms is saturated.
     ejection_ = std::thread([this] { ejection_loop(); });
   }
 
@@ -108,39 +114,65 @@ class ScxMonitor final : public Monitor {
   const char* name() const override {
     return alive_.load(std::memory_order_acquire) ? "scx" : "trace";
   }
-  kgmp_shared* shared() override { return trace_->shared(); }
-  const kgmp_cores* cores() const override { return trace_->cores(); }
-
-  // Caller: M0, already SCHED_EXT. SCHED_RESET_ON_FORK resets only RT/DL policies, so a
-  // thread M0 creates would be SCHED_EXT too: start trace's threads (the backstop poller) from
-  // CFS. (Threads that G code creates do inherit SCHED_EXT; the scheduler runs them from the
-  // global DSQ and counts them as KGMP_SCX_A_FOREIGN.)
-  void start() override {
-    // trace's polling backstop is started only if the runtime falls back to trace (retire):
-    // while the scheduler hands off, it is not needed, and as a CFS thread on the first P's
-    // CPU (where run() starts it) it made the SCHED_EXT Ms there wait, in the VM under a CPU
-    // hog on the other CPU, past the starvation bound: the runtime left scx (ScxStress).
-    // Measured there (6.16, TCG; counters added for the experiment, not kept): started with
-    // the scheduler, the backstop ran 1,111 rounds in the 4.5 s stress and used 2.7 s of CPU
-    // (2.5 ms a round under TCG, where its timers, syscalls and switches are all emulated;
-    // which of them costs most was not measured), and retook no P at all. As a CFS task it
-    // runs before every SCHED_EXT M of its CPU: they waited. Turning off its kicks changed
-    // nothing (2 of 2 runs still left scx); its own 1-10 ms ticks suffice under TCG.
-    // Preemption requests (sched.cpp, gopreempt): the Ms read the scheduler's words from now
-    // on. Published, then alive_ re-checked: a retire() that ran meanwhile (it clears alive_,
-    // then the pointer) cannot leave the pointer set behind it.
-    sched->preempt_flags.store(scx_->state()->preempt, std::memory_order_seq_cst);
-    if (!alive_.load(std::memory_order_seq_cst))
-      sched->preempt_flags.store(nullptr, std::memory_order_seq_cst);
-  }
 
   void stop() override {
     stop_ejection_thread();
     if (const char* e = std::getenv("KGMP_SCX_STATS"); e != nullptr && *e == '1') print_stats();
     retire("");
-    trace_->stop();
   }
 
+  // Caller: the new M, on its own thread.
+  void register_m(int slot, pid_t tid) override {
+    trace_->register_m(slot, tid);
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      tids_.push_back(tid);
+    }
+    sched_param sp{};
+    if (alive_.load(std::memory_order_acquire)) {
+      if (sched_setscheduler(0, kSchedExt, &sp) != 0)
+        setsched_failed_.fetch_add(1, std::memory_order_relaxed);
+    } else if (sched_getscheduler(0) == kSchedExt) {
+      // Created by an M still SCHED_EXT just before retire() switched the Ms back, and
+      // registered after retire() read the list: it inherited SCHED_EXT and nobody else will
+      // take it back to CFS (left there, a CPU busy with CFS tasks starves it until the
+      // watchdog ejects the scheduler).
+      (void)sched_setscheduler(0, SCHED_OTHER, &sp);
+    }
+  }
+
+  Wake wait(int p, int slot, int timeout_ms, std::uint64_t* lease) override {
+    if (timeout_ms >= 0 || slot < 0 || slot >= KGMP_MAX_MS || !alive_.load(std::memory_order_acquire))
+      return trace_->wait(p, slot, timeout_ms, lease);
+    kgmp_scx_state* st = scx_->state();
+    std::atomic_ref<__u32> hold(st->hold[slot]);
+    std::atomic_ref<__u64> ev(st->handoff_lease[p]);
+    hold.store(static_cast<__u32>(p + 1), std::memory_order_seq_cst);
+    Wake r = Wake::kTimeout;
+    for (;;) {
+      if (__u64 l = ev.exchange(0, std::memory_order_acq_rel); l != 0) {
+        *lease = l;
+        r = Wake::kEvent;
+        break;
+      }
+      // The ring: a second source of the same event, and wake()'s eventfd.
+      if ((r = trace_->wait(p, slot, 0, lease)) != Wake::kTimeout) break;
+      if (!alive_.load(std::memory_order_acquire)) break;
+      sched_yield();  // parked by the scheduler until released
+    }
+    hold.store(0, std::memory_order_release);
+    if (r != Wake::kTimeout) return r;
+    return trace_->wait(p, slot, timeout_ms, lease);  // ejected meanwhile: trace
+  }
+
+  bool take(int p, std::uint64_t* lease) override { return trace_->take(p, lease); }
+
+  void wake(int p) override {
+    trace_->wake(p);
+    if (alive_.load(std::memory_order_acquire)) (void)scx_->release(p);
+  }
+
+ private:
   // KGMP_SCX_STATS=1: one line of the scheduler's counters (summed over CPUs) and anomalies at
   // stop, for tests and benchmarks to see what the scheduler did.
   void print_stats() {
@@ -161,84 +193,20 @@ class ScxMonitor final : public Monitor {
       sum.enqueues += c.enqueues;
       sum.handoffs_queued += c.handoffs_queued;
     }
+    auto u = [](__u64 v) { return static_cast<unsigned long long>(v); };
     fprintf(stderr,
-            "kgmp: scx stats: alive=%d blocks=%llu handoffs=%llu handoffs_queued=%llu releases=%llu parks=%llu "
-            "holder_first=%llu lost_wakeups=%llu hold_run=%llu yields=%llu enqueues=%llu dispatches=%llu ticks=%llu preempt_reqs=%llu setsched_failed=%ld "
-            "anomalies=",
-            alive_.load() ? 1 : 0, (unsigned long long)sum.blocks, (unsigned long long)sum.handoffs,
-            (unsigned long long)sum.handoffs_queued,
-            (unsigned long long)sum.releases, (unsigned long long)sum.parks,
-            (unsigned long long)sum.holder_first, (unsigned long long)sum.lost_wakeups,
-            (unsigned long long)sum.hold_run, (unsigned long long)sum.yields,
-            (unsigned long long)sum.enqueues,
-            (unsigned long long)sum.dispatches,
-            (unsigned long long)sum.ticks, (unsigned long long)sum.preempt_reqs,
-            setsched_failed_.load());
-    for (int i = 0; i < KGMP_SCX_A_NR; i++)
-      fprintf(stderr, "%s%llu", i ? "," : "", (unsigned long long)st->anomalies[i]);
+            "kgmp: scx stats: alive=%d blocks=%llu handoffs=%llu handoffs_queued=%llu "
+            "releases=%llu parks=%llu holder_first=%llu lost_wakeups=%llu hold_run=%llu "
+            "yields=%llu enqueues=%llu dispatches=%llu ticks=%llu preempt_reqs=%llu "
+            "setsched_failed=%ld anomalies=",
+            alive_.load() ? 1 : 0, u(sum.blocks), u(sum.handoffs), u(sum.handoffs_queued),
+            u(sum.releases), u(sum.parks), u(sum.holder_first), u(sum.lost_wakeups),
+            u(sum.hold_run), u(sum.yields), u(sum.enqueues), u(sum.dispatches), u(sum.ticks),
+            u(sum.preempt_reqs), setsched_failed_.load());
+    for (int i = 0; i < KGMP_SCX_A_NR; i++) fprintf(stderr, "%s%llu", i ? "," : "", u(st->anomalies[i]));
     fprintf(stderr, " last_foreign_tid=%u pid=%d\n", st->last_foreign_tid, getpid());
   }
 
-  void enter_blocking(M* m) override { trace_->enter_blocking(m); }
-  bool eager_blocking() const override { return true; }
-  void kick() override { trace_->kick(); }
-
-  // Caller: the new M, on its own thread (m_init_thread).
-  void register_m(M* m) override {
-    trace_->register_m(m);
-    {
-      std::lock_guard<std::mutex> g(mu_);
-      tids_.push_back(m->tid);
-    }
-    sched_param sp{};
-    if (alive_.load(std::memory_order_acquire)) {
-      if (sched_setscheduler(0, kSchedExt, &sp) != 0)
-        setsched_failed_.fetch_add(1, std::memory_order_relaxed);
-    } else if (sched_getscheduler(0) == kSchedExt) {
-      // Created by an M still SCHED_EXT just before retire() switched the Ms back, and
-      // registered after retire() read the list: it inherited SCHED_EXT and nobody else will
-      // take it back to CFS (left there, a CPU busy with CFS tasks starves it until the
-      // watchdog ejects the scheduler).
-      (void)sched_setscheduler(0, SCHED_OTHER, &sp);
-    }
-  }
-  void unregister_m(M* m) override { trace_->unregister_m(m); }
-
-  bool has_watchers() const override { return true; }
-
-  // Caller: the watcher M of P p, on its own thread.
-  int watch(int p, std::uint64_t* lease, int timeout_ms) override {
-    M* m = getm();
-    if (timeout_ms >= 0 || m == nullptr || m->id >= KGMP_MAX_MS ||
-        !alive_.load(std::memory_order_acquire))
-      return trace_->watch(p, lease, timeout_ms);
-    kgmp_scx_state* st = scx_->state();
-    std::atomic_ref<__u32> hold(st->hold[m->id]);
-    std::atomic_ref<__u64> ev(st->handoff_lease[p]);
-    hold.store(static_cast<__u32>(p + 1), std::memory_order_seq_cst);
-    int r = 0;
-    for (;;) {
-      if (__u64 l = ev.exchange(0, std::memory_order_acq_rel); l != 0) {
-        *lease = l;
-        r = 1;
-        break;
-      }
-      // The ring: a second source of the same event, and wake_watcher's eventfd.
-      if ((r = trace_->watch(p, lease, 0)) != 0) break;
-      if (!alive_.load(std::memory_order_acquire)) break;
-      sched_yield();  // parked by the scheduler until released
-    }
-    hold.store(0, std::memory_order_release);
-    if (r != 0) return r;
-    return trace_->watch(p, lease, timeout_ms);  // ejected meanwhile: trace
-  }
-
-  void wake_watcher(int p) override {
-    trace_->wake_watcher(p);
-    if (alive_.load(std::memory_order_acquire)) (void)scx_->release(p);
-  }
-
- private:
   void stop_ejection_thread() {
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -249,8 +217,6 @@ class ScxMonitor final : public Monitor {
   }
 
   void ejection_loop() {
-    // Not pinned to M0's CPU: it must run when that CPU is saturated (the starvation case).
-    sched_setaffinity(0, sizeof sched->saved_mask, &sched->saved_mask);
     std::unique_lock<std::mutex> l(mu_);
     while (!stopping_) {
       cv_.wait_for(l, std::chrono::milliseconds(kPollMs));
@@ -276,24 +242,21 @@ class ScxMonitor final : public Monitor {
     }
   }
 
-  // Leaves scx for trace, once: watchers wait on their rings again, ring wakeups resume, the
-  // Ms go back to SCHED_OTHER (before the link goes, so that none is left in a class below
-  // CFS), the scheduler is unregistered. line: logged if not empty.
+  // Leaves scx for trace, once (see the design comment). line: logged if not empty (empty: the
+  // run is stopping, the runtime needs no fallback).
   void retire(const std::string& line) {
     if (retired_.exchange(true)) return;
     // Block events wake their ring again before any watcher leaves the scheduler's hold for a
     // ring wait (alive_ below): one posted without a wakeup after it went to sleep would be
-    // lost (the ejection test hung so). What came before, the wait reads first (trace.cpp).
-    std::atomic_ref<__u32>(shared()->hdr.scx_active).store(0, std::memory_order_seq_cst);
+    // lost. What came before, wait() reads first.
+    std::atomic_ref<__u32>(shared->hdr.scx_active).store(0, std::memory_order_seq_cst);
     alive_.store(false, std::memory_order_seq_cst);
-    // Falling back to trace (not stopping): now its backstop runs, started from this CFS
-    // thread (the ejection thread, not pinned), so it is a CFS thread itself.
-    if (!line.empty()) trace_->start();
-    // No more preemption requests: the Ms stop reading the words before the scheduler goes.
-    // The words stay mapped (scx_ lives until the monitor is deleted, after run() ends), so an
-    // M that loaded the pointer just before reads valid memory: at worst one late request.
-    sched->preempt_flags.store(nullptr, std::memory_order_seq_cst);
-    if (!line.empty()) fprintf(stderr, "%s\n", line.c_str());
+    // The preemption words stay mapped until this monitor is deleted, after run() ends, so an
+    // M that read the pointer just before the runtime clears it reads valid memory.
+    if (!line.empty()) {
+      monitor_fell_back();
+      fprintf(stderr, "%s\n", line.c_str());
+    }
     std::vector<pid_t> tids;
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -302,7 +265,7 @@ class ScxMonitor final : public Monitor {
     sched_param sp{};
     for (pid_t t : tids) (void)sched_setscheduler(t, SCHED_OTHER, &sp);
     scx_->detach();
-    for (int p = 0; p < nprocs_; p++) trace_->wake_watcher(p);
+    for (int p = 0; p < nprocs_; p++) trace_->wake(p);
   }
 
   std::unique_ptr<Monitor> trace_;

@@ -35,6 +35,7 @@
 
 #include "kgmp/chan.h"
 #include "futex.h"
+#include "handoff.h"
 #include "sched.h"
 #include "telemetry_rt.h"
 

@@ -17,6 +17,9 @@ struct RunStats {
   std::size_t threads = 0;      // Ms created, M0 included
   std::uint64_t handoffs = 0;   // Ps taken from blocked Ms
   std::uint64_t lease_violations = 0;  // with set_lease_check_for_test: two Ms in RUNTIME on a P
+  // With set_lease_check_for_test: runtime exits that saw a P's published queue length 0 while
+  // its ring held Gs (kgmp_p_shared::runq_len must never be stale-low).
+  std::uint64_t stale_runq_len = 0;
 };
 RunStats last_run_stats();
 

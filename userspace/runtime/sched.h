@@ -1,4 +1,6 @@
-// sched.h — the runtime's data structures: G, M, P and the global scheduler state.
+// sched.h — the runtime's data structures: G, M, P and the global scheduler state, and the
+// scheduler's internal functions (sched.cpp, run.cpp, goroutine.cpp; the hand-off protocol's
+// are in handoff.h).
 //
 // The rules are Go's (proc.go), the names too, so that proc.go maps onto sched.cpp:
 //   G  a goroutine: a stack, a saved stack pointer and a closure. Its header lives at the top
@@ -21,7 +23,6 @@
 #include <atomic>
 #include <cstddef>
 #include <memory>
-#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -31,6 +32,7 @@
 #include "kgmp_trace.h"
 #include "kgmp/runtime.h"
 #include "runq.h"
+#include "stack.h"
 #include "timer.h"
 
 namespace kgmp::internal {
@@ -127,6 +129,13 @@ struct alignas(64) P {
   // Its core's BPF foreign_ns at the last hold request. Written in exit_runtime after the
   // lease says USER, where a hand-off may already let the next holder in: atomic (relaxed).
   std::atomic<std::uint64_t> foreign_seen{0};
+  // Its held watcher (handoff.cpp): the thread's tid while HELD (0 otherwise) and when it last
+  // went HELD. Written by the watcher, read by the holder to refresh a stale hold.
+  std::atomic<pid_t> held_tid{0};
+  std::atomic<std::int64_t> held_since{0};
+  // When its watcher's wait ends at the latest (nanotime; INT64_MAX: no deadline), so that a
+  // new earlier timer wakes it (poke_watchers). Written by the watcher, lowered by pokers.
+  std::atomic<std::int64_t> watch_until{-1};
 };
 
 // The lease word of p as an atomic (it lives in shared memory, a plain __u64 for BPF).
@@ -151,7 +160,7 @@ struct M {
   int rt_depth = 1;
   __u64 lease_expect = 0;  // the USER lease word it stored last
   bool requeue_lost = false;  // the G of a kRequeue was running when its P was handed off
-  bool watcher = false;       // waits on P watch_p's event source (Monitor::watch) for it
+  bool watcher = false;       // waits on P watch_p's event source (Monitor::wait) for it
   int watch_p = -1;
   pid_t tid = 0;
   int pool = 0;  // index of the idle-M list it belongs to (its P's id when pinned, else 0)
@@ -206,14 +215,14 @@ struct Sched {
   kgmp_shared* shared = nullptr;
   bool shared_owned = false;
   bool publish_work = false;  // keep kgmp_p_shared::runq_len and hdr.nglobal current
-  bool hold_spares = false;   // trace with pinned Ps: holders ask for held watchers (trace.cpp)
+  bool hold_spares = false;   // holders ask for held watchers (handoff.cpp, handoff_init)
   const kgmp_cores* cores = nullptr;  // the monitor's BPF per-core counters, if any
   struct Monitor* monitor = nullptr;
-  // Preemption requests (DESIGN §5): one word per M slot (kgmp_scx_state::preempt), null
-  // unless the scx monitor is active. Written by the scx monitor only: set in start(), cleared
-  // when it leaves scx (ejection, stop) before it detaches; the words stay mapped until the
-  // monitor is deleted after run() ends, so an M that loaded the pointer just before it was
-  // cleared reads valid memory. Read by every M at runtime entry (relaxed: one load).
+  // Preemption requests (DESIGN §5): one word per M slot (Monitor::preempt_words), null unless
+  // the scx monitor raises them. Set by handoff_start_run, cleared by monitor_fell_back; the
+  // words stay mapped until the monitor is deleted after run() ends, so an M that loaded the
+  // pointer just before it was cleared reads valid memory. Read by every M at runtime entry
+  // (relaxed: one load).
   std::atomic<std::uint32_t*> preempt_flags{nullptr};
   std::unique_ptr<std::atomic<M*>[]> m_by_id;  // M of each id (lease holder), for monitors
   std::atomic<int> nblocking{0};               // Ms inside kgmp::blocking()
@@ -243,38 +252,91 @@ void gopark(void (*unlockf)(void*), void* arg, const char* reason);
 // runtime. Then wakes an idle P if any. Caller: anyone, once per park.
 void goready(G* g, bool next = true);
 
-// A timer that fires at `when` became the earliest of its P: wake an idle M that sleeps past
-// it (or has no deadline) so that it recomputes its sleep. Caller: anyone, after publishing.
+// A timer that fires at `when` became the earliest of its P: wake an idle M or a watcher that
+// sleeps past it so that it recomputes its sleep. Caller: anyone, after publishing.
 void poke_timer_sleepers(std::int64_t when);
 
-// Runtime entry from G code (DESIGN §3): enter_runtime CASes the lease USER -> RUNTIME at
-// depth 0 -> 1 and, if the P was taken while the M was blocked, gets a P back (own core's if
-// idle) or requeues the G and parks the M as a spare (the G resumes later, possibly on another
-// M: re-read getm() after). exit_runtime stores USER at depth 1 -> 0. RuntimeScope pairs them.
-void enter_runtime();
-void exit_runtime();
-struct RuntimeScope {
-  RuntimeScope() { enter_runtime(); }
-  ~RuntimeScope() { exit_runtime(); }
-  RuntimeScope(const RuntimeScope&) = delete;
-  RuntimeScope& operator=(const RuntimeScope&) = delete;
-};
+// ---- sched.cpp, for the other parts of the runtime ----
 
-// Takes p from the M that holds it in USER state, by CAS from exactly `observed` (a lease word
-// read by a monitor). On success the caller owns p (RUNTIME, no holder) and must pass it on
-// with handoff_start or acquire it. Caller: a monitor thread or a spare M.
-bool handoff_p(P* p, LeaseWord observed);
-// After a successful handoff_p: start an M for p if it has work, else put it on the idle list.
-void handoff_start(P* p);
-// If P p has no watcher, makes an M of p's core its watcher: a parked spare, else a new
-// thread. Caller: any thread (the monitor's backstop).
-void start_watcher(int p);
-
+// Binds the calling thread to m (getm() returns it from now on). Caller: m's own thread.
+void bind_m(M* m);
+// Go's runqput: g takes runnext (next) or the tail; returns whether the ring overflowed (half
+// of it went to the global queue). Caller: p's holder.
+bool runq_put(P* p, G* g, bool next);
+// Appends head..tail (n Gs linked by schedlink) to the global queue. Caller: holds sched->lock.
+void globrunq_put_batch(G* head, G* tail, int n) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock);
+// Go's wakep: start a spinning M for an idle P if there is an idle P and no spinning M.
+// Caller: anyone, after making a G runnable.
+void wake_p();
+// g becomes runnable: every kTrackPeriod-th time, stamp it for the scheduling-latency sample.
+// Caller: whoever readies g, before queueing it.
+void track_ready(G* g);
+// The idle list. Caller: holds sched->lock; pidle_get takes `want` if it is idle, else any
+// idle P (nullptr if none).
+void pidle_put(P* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock);
+P* pidle_get(P* want) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock);
+// The idle-M list a P's Ms belong to: its own when pinned, else the one shared list.
+int pool_of(const P* p);
+void acquire_p(M* m, P* p);
+P* release_p(M* m);
+// Go's stopm: parks m, P-less, until it is handed a P, its own P is idle at a timer deadline
+// `until` (0: none), or it became its core's watcher; returns without a P once stopping.
+// Caller: m on g0.
+void stop_m(M* m, std::int64_t until);
 // Whether p has Gs to run (its queue) or the global queue has. Racy; any thread.
 bool p_has_work(P* p);
+// Runs p's expired timers, reading the clock only when p has a timer. Caller: p's holder.
+void run_own_timers(P* p);
+// Runs the action the previous G asked for, now that its context is saved. Caller: m, right
+// after any switch, on the new stack.
+void finish_switch(M* m);
+// Leaves the current G (action a) for the next runnable G of this P, or for g0. Caller: the
+// running G, its M holding a P, in the runtime.
+void leave_g(After a);
+// Leaves the running G for g0 with action a (run by g0 once the G's context is saved); returns
+// when the G is resumed, maybe on another M. Caller: the running G, in the runtime.
+void switch_to_g0(M* m, After a);
+// An M's life: run the scheduler while it has a P, watch its core's event source while it is
+// the watcher, until the runtime stops. Caller: m's thread.
+void m_loop(M* m);
+
+// ---- run.cpp ----
+
+// Starts an M for p: an idle M of p's pool, or a new thread (Go's startm). Any thread.
+void start_m(P* p, bool spinning);
+// A new M for p's pool, its thread not started yet. Caller: holds sched->lock, below the
+// thread limit.
+M* new_m_locked(P* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock);
+// Starts m's thread (fatal with one line if the system refuses).
+void create_thread(M* m);
+// The main G returned: stop every M at its next scheduling point.
+void begin_stop();
+// Every P is idle, no G is queued and no timer is pending: unless a thread outside the runtime
+// is going to wake a G (Config::detect_deadlock = false for such programs), nothing ever will.
+// Go's checkdead. Caller: holds sched->lock, after putting the last P on the idle list.
+void check_dead() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock);
+
+// ---- goroutine.cpp ----
+
+// Every G's stack: carved from large mappings, cached per P (stack.h).
+extern StackPool stackpool;
+// Gives g's stack back (to p's cache, or the pool when p is null). Caller: p's holder.
+void g_free(P* p, G* g);
+// Initializes g (its stack memory set) for a fresh run; returns where its closure of `size`
+// bytes aligned to `align` goes.
+void* init_g(G* g, std::size_t size, std::size_t align);
 
 // Fatal errors: print one line (plus state for broken invariants) and abort.
 [[noreturn]] void fatal(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+// Debug builds only (NDEBUG unset): an invariant cheap enough to check in tests, not in
+// production.
+#ifdef NDEBUG
+#define KGMP_DCHECK(cond) \
+  do {                    \
+  } while (0)
+#else
+#define KGMP_DCHECK(cond) KGMP_CHECK(cond)
+#endif
 #define KGMP_CHECK(cond)                                                              \
   do {                                                                                \
     if (__builtin_expect(!(cond), 0))                                                 \

@@ -70,8 +70,7 @@ Snapshot take_snapshot() {
     MState st = m->tstate.load(std::memory_order_relaxed);
     ms.blocks = ld(m->sh->blocks);
     // BPF saw it switched out blocked after its last wakeup, while it was running a G.
-    if (st == MState::kRunning && ms.curg != 0 &&
-        ld(m->sh->last_block_ns) > ld(m->sh->last_wake_ns)) {
+    if (st == MState::kRunning && ms.curg != 0 && kgmp_blocked_since_wake(m->sh)) {
       st = MState::kBlocked;
       nblocked_bpf++;
     }
@@ -147,7 +146,7 @@ Snapshot take_snapshot() {
   s.waiting = s.goroutines > busy ? s.goroutines - busy : 0;
 
   // Cores (BPF).
-  if (const kgmp_cores* cores = sc->monitor->cores()) {
+  if (const kgmp_cores* cores = sc->cores) {
     for (int i = 0; i < sc->nprocs; i++) {
       int cpu = sc->allp[i].cpu;
       if (cpu < 0 || cpu >= KGMP_MAX_CPUS) continue;
