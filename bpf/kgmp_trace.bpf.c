@@ -3,8 +3,7 @@
  * kgmp_trace - tell a kgmp runtime, within microseconds, that one of its worker threads (an M)
  * blocked in the kernel while holding a processor (a P) that has other runnable work.
  *
- * This is the `trace` monitor of DESIGN.md §4, design "C" of notes/latency-limits.md: a
- * tracing-only program (no sched_ext, no kprobes, no fentry; tp_btf only), so it runs on any
+ * This is the `trace` monitor (docs/DESIGN.md §4): a tracing-only program (no sched_ext, no kprobes, no fentry; tp_btf only), so it runs on any
  * kernel with BTF and BPF ring buffers (>= 5.8) given root or CAP_BPF+CAP_PERFMON.
  *
  * What it does:
@@ -22,7 +21,7 @@
  *   - tp_btf/sched_wakeup: for a registered M, bumps its wake counter and timestamp in the
  *     shared memory only. Waking someone through a ring buffer costs 20-30 us here (as much as
  *     letting the woken M run and notice by itself); the runtime compares sequence numbers at
- *     its safe points instead (latency-limits.md point 7).
+ *     its safe points instead.
  *
  * What it demonstrates: the runtime's scheduler state (leases, run queue lengths, which P each
  * M holds) lives in a BPF_F_MMAPABLE array that both sides map, so this program filters on it
@@ -33,10 +32,11 @@
  * Limits:
  *   - sched_switch runs on every context switch of the machine: the first test (tgid) must stay
  *     cheap. Attaching costs about 80-100 ns per tracepoint hit on the development VM whatever
- *     the program does (latency-limits.md E).
+ *     the program does.
  *   - A forced ring-buffer wakeup from a scheduler tracepoint goes through irq_work (a self-IPI,
- *     about 3 us in a VM) in the blocking thread's switch path. So an event is sent only when
- *     the hand-off matters: the P has other work. That test reads runq_len/nglobal racily; a
+ *     about 7 us here, bpf_stats) in the blocking thread's switch path. So an event is sent only
+ *     when the hand-off matters: the P has other work (kgmp_work_queued, the predicate the
+ *     runtime uses too). That test reads runq_len/nglobal racily; a
  *     stale value means one useless wakeup or one hand-off left to the poll fallback.
  *   - Reads of the lease are racy by design: the event carries the lease word that was read,
  *     and the spare M's CAS from exactly that word decides. This program never writes a lease.
@@ -47,7 +47,7 @@
  *   - m.blocks counts every block of a registered M, whatever its lease (telemetry), not only
  *     the blocks that sent an event; hdr.events counts those.
  *
- * Per-core telemetry (issue 6; struct kgmp_cores in kgmp_trace.h, a second mmap-able array):
+ * Per-core telemetry (DESIGN §6; struct kgmp_cores in kgmp_trace.h, a second mmap-able array):
  * at each switch of a registered M on CPU c, core c's entry counts the block (switch out,
  * prev_state != 0) or the switch-in, and on a switch-in adds the time since the M became
  * runnable (a wakeup, or a preemption / yield that left it runnable) to runq_wait_ns, to

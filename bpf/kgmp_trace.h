@@ -124,7 +124,7 @@ struct kgmp_shared {
   struct kgmp_m_shared m[KGMP_MAX_MS];
 };
 
-/* Per-core scheduling telemetry (issue 6), in a second BPF_F_MMAPABLE array with one value,
+/* Per-core scheduling telemetry (DESIGN §6), in a second BPF_F_MMAPABLE array with one value,
  * `struct kgmp_cores`, indexed by CPU number. Every field of core c is written only by the
  * sched_switch program running on CPU c (tracing programs do not nest on one CPU), so plain
  * increments suffice; user space reads with relaxed loads (tear-free, not consistent).

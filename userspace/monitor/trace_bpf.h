@@ -1,5 +1,4 @@
-// trace_bpf.h — the loader of bpf/kgmp_trace.bpf.c: the `trace` monitor's kernel half (DESIGN §4,
-// design "C" of notes/latency-limits.md).
+// trace_bpf.h — the loader of bpf/kgmp_trace.bpf.c: the `trace` monitor's kernel half (DESIGN §4).
 //
 // What: TraceBpf loads the tracing program for this process (target_tgid = getpid()), maps the
 // shared memory of kgmp_trace.h (one BPF_F_MMAPABLE array value: leases, run queue lengths,
@@ -26,7 +25,7 @@
 //
 // Rejected: ring_buffer__poll (its epoll data are ring indexes, so an eventfd for wake() cannot
 // share its epoll fd; we own the epoll fd and use ring_buffer__consume); one ring for all Ps
-// with a monitor thread (two wakeups, 25-52 us against 17 us: latency-limits.md B vs C); a
+// with a monitor thread (two wakeups per hand-off, 25-52 us here against 17 us for one); a
 // perf buffer (per-CPU, not per-P, and it also wakes through irq_work); BPF task storage for
 // the tid -> slot map (needs a pidfd or the task pointer from user space; a hash of 4096
 // entries costs ~50 ns and only for tasks of this process).

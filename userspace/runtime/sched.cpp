@@ -444,17 +444,12 @@ static G* runq_steal(P* p, P* victim, bool steal_next) {
   std::uint32_t n = victim->runq.grab(batch, false);
   if (n == 0 && steal_next) {
     // A running victim is likely about to run its runnext (a G it just readied): leave it
-    // there for a while, as Go does with usleep(3), rather than take it and split a
-    // communicating pair over two CPUs. With Linux's default 50 us timer slack the sleep lasts
-    // ~50 us, which is what makes it work: a 3 us spin let chan-throughput's producer and
-    // consumer be pulled apart ~1000 times a second and run 4x slower (bench/RESULTS.md).
-    // The sleep sits between reading runnext and taking it (runq.h, grab: Go's order), and the
-    // steal goes ahead only if the victim started no G meanwhile (its schedtick counter is
-    // unchanged): then the G it runs is a long one and runnext really waits. Go checks instead
-    // that runnext still holds the same G, which a pair alternating on one P defeats: producer
-    // and consumer trade runnext every ~12 us here (one 1024-message batch), so after the
-    // ~55 us sleep the same G is back half the time; that split the pair ~250 times a second
-    // (chan-throughput 11-16 M msgs/s on 2 Ps; 37-39 M with this check; 41 M on one P).
+    // there a while rather than split a communicating pair over two CPUs, as Go does with
+    // usleep(3); with Linux's default 50 us timer slack the sleep lasts ~50 us. The steal goes
+    // ahead only if the victim started no G meanwhile (its schedtick is unchanged), i.e. the
+    // G it runs is a long one. Go checks instead that runnext still holds the same G, which a
+    // pair alternating on one P defeats (producer and consumer trade runnext every ~12 us):
+    // chan-throughput on 2 Ps runs 3x faster with this check (bench/RESULTS.md).
     n = victim->runq.grab(batch, true, [victim] {
       if (victim->idle.load(std::memory_order_relaxed)) return true;
       std::uint64_t tick = victim->c.schedticks.load();
