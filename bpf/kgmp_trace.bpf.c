@@ -112,6 +112,7 @@ struct {
 #define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))
 #define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
 #define WRITE_ONCE_U64(x, v) (*(volatile __u64 *)&(x) = (v))
+#define WRITE_ONCE_U32(x, v) (*(volatile __u32 *)&(x) = (v))
 
 static __always_inline struct kgmp_shared *shared_mem(void)
 {
@@ -290,10 +291,120 @@ static __always_inline int m_switched_out(bool preempt, struct task_struct *prev
 	ev.p = p;
 	ev.lease = lease;
 	ev.ts_ns = now;
+	ev.kind = KGMP_EV_BLOCK;
+	ev.pad = 0;
 	if (bpf_ringbuf_output(ring, &ev, sizeof(ev), wake))
 		__sync_fetch_and_add(&s->hdr.dropped, 1);
 	else
 		__sync_fetch_and_add(&s->hdr.events, 1);
+	return 0;
+}
+
+/* Slice timers: one per P, running only while that P has work queued behind a running G.
+ * Each expiry looks at the P: its holder in G code (lease USER), not blocked as far as BPF saw,
+ * Gs queued behind it, and the same G running since the timer first saw it (the published
+ * schedtick unchanged). Once that G has run hdr.preempt_slice_ns, a KGMP_EV_PREEMPT event goes
+ * on the P's ring with a wakeup; the watcher takes the P by CAS from the event's lease word and
+ * moves the spinning M aside (userspace/runtime/handoff.cpp, "Preemption"). With nothing
+ * queued (or the P idle) the timer stops and says so in slice_armed, and the runtime starts it
+ * again from user space (kgmp_arm_slice) the next time it runs a G with work queued: an idle
+ * runtime, or one whose Ps have nothing queued, has no timer at all. */
+struct kgmp_slice {
+	struct bpf_timer t;
+	__u64 seen_tick; /* the P's schedtick at the last look */
+	__u64 since_ns;  /* when that schedtick was first seen (the G's start, to one period) */
+	__u32 inited;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, KGMP_MAX_PROCS);
+	__type(key, __u32);
+	__type(value, struct kgmp_slice);
+} kgmp_slices SEC(".maps");
+
+/* How often a running slice timer looks: a tenth of the slice, within [50 us, 1 ms], so that a
+ * G is preempted within the slice plus one period. */
+static __always_inline __u64 slice_period(__u64 slice)
+{
+	__u64 d = slice / 10;
+
+	if (d < 50000)
+		d = 50000;
+	if (d > 1000000)
+		d = 1000000;
+	return d;
+}
+
+static int slice_fn(void *map, int *key, struct kgmp_slice *sl)
+{
+	struct kgmp_block_event ev = {};
+	struct kgmp_shared *s = shared_mem();
+	__u64 slice, lease, tick, now;
+	__u32 p = *key, h;
+	void *ring;
+
+	if (!s || p >= KGMP_MAX_PROCS)
+		return 0;
+	slice = READ_ONCE_U64(s->hdr.preempt_slice_ns);
+	lease = READ_ONCE_U64(s->p[p].lease);
+	/* Stop when no G waits or will wait soon: nothing queued and no timer pending. */
+	if (!slice || KGMP_LEASE_STATE(lease) != KGMP_LEASE_USER ||
+	    (!kgmp_work_queued(&s->hdr, &s->p[p]) && !READ_ONCE_U64(s->p[p].timer0))) {
+		sl->since_ns = 0;
+		WRITE_ONCE_U32(s->p[p].slice_armed, KGMP_SLICE_IDLE);
+		return 0;
+	}
+	now = bpf_ktime_get_ns();
+	tick = READ_ONCE_U64(s->p[p].schedtick);
+	h = KGMP_LEASE_HOLDER(lease);
+	if (tick != sl->seen_tick || !sl->since_ns) {
+		sl->seen_tick = tick;
+		sl->since_ns = now;
+	} else if (now - sl->since_ns >= slice && h < KGMP_MAX_MS &&
+		   kgmp_waiting(&s->hdr, &s->p[p], now) && !kgmp_blocked_since_wake(&s->m[h])) {
+		ev.m = h;
+		ev.p = p;
+		ev.lease = lease;
+		ev.ts_ns = now;
+		ev.kind = KGMP_EV_PREEMPT;
+		ring = bpf_map_lookup_elem(&kgmp_rings, &p);
+		if (ring && !bpf_ringbuf_output(ring, &ev, sizeof(ev), BPF_RB_FORCE_WAKEUP))
+			__sync_fetch_and_add(&s->hdr.preempt_events, 1);
+		sl->since_ns = now; /* the next request after another slice of the same G */
+	}
+	bpf_timer_start(&sl->t, slice_period(slice), 0);
+	return 0;
+}
+
+/* Starts P a->p's slice timer (the runtime calls it through BPF_PROG_RUN when it runs a G with
+ * work queued and slice_armed said IDLE). The G about to run starts now: since_ns = now. */
+SEC("syscall")
+int kgmp_arm_slice(struct kgmp_arm_args *a)
+{
+	struct kgmp_shared *s = shared_mem();
+	struct kgmp_slice *sl;
+	__u32 p = a->p;
+	__u64 slice;
+
+	if (!s || p >= KGMP_MAX_PROCS)
+		return -22;
+	sl = bpf_map_lookup_elem(&kgmp_slices, &p);
+	if (!sl)
+		return -22;
+	slice = READ_ONCE_U64(s->hdr.preempt_slice_ns);
+	if (!slice)
+		return 0;
+	if (!sl->inited) {
+		if (bpf_timer_init(&sl->t, &kgmp_slices, 1 /* CLOCK_MONOTONIC */) ||
+		    bpf_timer_set_callback(&sl->t, slice_fn))
+			return -22;
+		sl->inited = 1;
+	}
+	sl->seen_tick = READ_ONCE_U64(s->p[p].schedtick);
+	sl->since_ns = bpf_ktime_get_ns();
+	bpf_timer_start(&sl->t, slice_period(slice), 0);
 	return 0;
 }
 

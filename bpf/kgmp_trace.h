@@ -10,7 +10,8 @@
  *   kgmp_hdr        runtime (nglobal, under the scheduler lock); BPF (anomaly counters)
  *   kgmp_p_shared   lease, runq_len, schedtick, spare_held: the runtime only (schedtick: the P's
  *                   holder, one relaxed store per G started in execute(); spare_held: the holder
- *                   and the P's watcher). The BPF side never writes any.
+ *                   and the P's watcher). slice_armed: both (see its comment). The BPF side
+ *                   never writes the others.
  *   kgmp_m_shared   tid..blocking_since_ns: the runtime (scx_kgmp derives how long a G runs
  *                   from kgmp_p_shared::schedtick, not from this slot); blocks/wakes/last_*: BPF.
  */
@@ -46,11 +47,15 @@ struct kgmp_hdr {
   __u32 scx_active;       /* runtime: scx_kgmp hands off; block events need no wakeup (cleared
                            * before the watchers leave the scheduler's hold, scx.cpp) */
   __u32 rt_pad32;
-  __u64 rt_pad[5];
+  __u64 preempt_slice_ns; /* runtime, before attaching: Config::preempt_slice (0: off). The
+                           * slice timers (kgmp_trace.bpf.c) post a preemption event for a G
+                           * that ran this long on its P with work queued behind it */
+  __u64 rt_pad[4];
   __u64 events;           /* BPF: block events submitted */
   __u64 dropped;          /* BPF: block events lost (ring buffer full, or no ring) */
   __u64 not_m;            /* BPF: switches of tasks of this process that are not registered Ms */
-  __u64 bpf_pad[5];
+  __u64 preempt_events;   /* BPF: preemption events submitted by the slice timers */
+  __u64 bpf_pad[4];
 };
 
 struct kgmp_p_shared {
@@ -63,9 +68,16 @@ struct kgmp_p_shared {
   __u32 spare_held; /* trace: P p's watcher M is held runnable at SCHED_IDLE on p's CPU
                      * (KGMP_SPARE_*); written by the runtime only, read by BPF to skip the
                      * ring's wakeup (the held spare is what the CPU runs next anyway) */
-  __u32 pad32;
-  __u64 pad[4];
+  __u32 slice_armed; /* trace: P p's slice timer runs (KGMP_SLICE_*): the runtime CASes IDLE ->
+                      * ARMED and starts it (kgmp_arm_slice); the timer stores IDLE when it
+                      * finds no G waiting and stops. A hint: a spurious start is harmless */
+  __u64 timer0;     /* the P's earliest timer (CLOCK_MONOTONIC ns, 0: none), as its heap
+                     * publishes it: a due timer is a G waiting for the P too */
+  __u64 pad[3];
 };
+
+#define KGMP_SLICE_IDLE 0u
+#define KGMP_SLICE_ARMED 1u
 
 /* kgmp_p_shared::spare_held. SLEEPING -> REQUESTED: the holder (CAS, then it wakes the watcher);
  * REQUESTED -> HELD -> SLEEPING: the watcher. Only HELD lets BPF skip the wakeup. */
@@ -108,6 +120,15 @@ struct kgmp_m_shared {
 KGMP_INLINE int kgmp_work_queued(const struct kgmp_hdr *h, const struct kgmp_p_shared *p)
 {
   return KGMP_LOAD_U32(p->runq_len) != 0 || KGMP_LOAD_U32(h->nglobal) != 0;
+}
+
+/* P p has a G waiting to run, queued or behind a timer due at `now` (CLOCK_MONOTONIC): what
+ * a preemption is for. */
+KGMP_INLINE int kgmp_waiting(const struct kgmp_hdr *h, const struct kgmp_p_shared *p, __u64 now)
+{
+  __u64 t0 = KGMP_LOAD_U64(p->timer0);
+
+  return kgmp_work_queued(h, p) || (t0 != 0 && t0 <= now);
 }
 
 /* BPF saw M slot m switched out blocked and has not seen it woken since: its block stamp is
@@ -161,12 +182,23 @@ struct kgmp_m_bpf {
   __u32 woken;        /* runnable_ns comes from a wakeup (not a preemption) */
 };
 
-/* Sent on P p's ring buffer when the M holding p blocks with work pending on p. */
+/* Sent on P p's ring buffer when the M holding p blocks with work pending on p (kind BLOCK), or
+ * when its G has run longer than hdr.preempt_slice_ns with work queued behind it (PREEMPT). */
+#define KGMP_EV_BLOCK 0u
+#define KGMP_EV_PREEMPT 1u
 struct kgmp_block_event {
   __u32 m;      /* M slot */
   __u32 p;
   __u64 lease;  /* the lease word BPF saw (the spare M CASes from exactly this value) */
-  __u64 ts_ns;  /* bpf_ktime_get_ns at the switch */
+  __u64 ts_ns;  /* bpf_ktime_get_ns at the switch (or at the slice's end) */
+  __u32 kind;   /* KGMP_EV_* */
+  __u32 pad;
+};
+
+/* Arguments of the kgmp_arm_slice syscall program (one P's slice timer). */
+struct kgmp_arm_args {
+  __u32 p;
+  __u32 pad;
 };
 
 #endif /* KGMP_TRACE_H */

@@ -39,6 +39,7 @@
 // `kgmp::GLocal<T>` below.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <new>
@@ -67,6 +68,9 @@ struct Config {
   // exit with status 2. Turn it off when threads outside the runtime wake goroutines (for
   // example kgmp::go called from a foreign thread): the runtime cannot see them coming.
   bool detect_deadlock = true;
+  // How long one goroutine may hold its P while others wait for that P (Go's forcePreemptNS).
+  // 0 turns preemption off. KGMP_PREEMPT_SLICE overrides it.
+  std::chrono::nanoseconds preempt_slice = std::chrono::milliseconds(10);
 };
 
 // Checks `cfg` together with KGMP_MAXPROCS as run() would. The message names the bad value and

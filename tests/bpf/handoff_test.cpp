@@ -539,7 +539,9 @@ TEST(TraceHeldSpare, StaleHoldIsRefreshedBeforeTheNextBlock) {
         kgmp::go([&] { b.release(); });
         b.read_one();
       },
-      kgmp::Config{.procs = 1});
+      // Preemption off: main computes 30 ms with D queued, which is what a 10 ms slice
+      // preempts; here the hold must go stale under a G that keeps its P.
+      kgmp::Config{.procs = 1, .preempt_slice = std::chrono::nanoseconds(0)});
   ASSERT_TRUE(holds);
   ASSERT_NE(tid, 0) << "no held watcher with work queued";
   EXPECT_GT(runs_after, runs_before) << "the stale held watcher did not run at the runtime exit";

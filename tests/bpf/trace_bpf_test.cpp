@@ -55,7 +55,7 @@ static_assert(offsetof(kgmp_m_shared, tid) == 0 && offsetof(kgmp_m_shared, p) ==
 static_assert(offsetof(kgmp_shared, hdr) == 0 && offsetof(kgmp_shared, p) == 128 &&
               offsetof(kgmp_shared, m) == 128 + 64 * KGMP_MAX_PROCS);
 static_assert(sizeof(kgmp_shared) == 128 + 64 * KGMP_MAX_PROCS + 64 * KGMP_MAX_MS);
-static_assert(sizeof(kgmp_block_event) == 24 && offsetof(kgmp_block_event, m) == 0 &&
+static_assert(sizeof(kgmp_block_event) == 32 && offsetof(kgmp_block_event, kind) == 24 && offsetof(kgmp_block_event, m) == 0 &&
               offsetof(kgmp_block_event, p) == 4 && offsetof(kgmp_block_event, lease) == 8 &&
               offsetof(kgmp_block_event, ts_ns) == 16);
 static_assert(KGMP_LEASE_STATE(KGMP_LEASE_MAKE(12345, 4095, KGMP_LEASE_USER)) == KGMP_LEASE_USER);

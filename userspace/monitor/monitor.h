@@ -44,8 +44,17 @@ struct Monitor {
     // The backstop starts only at monitor_fell_back(), not with the run (scx: the scheduler
     // hands off; a CFS backstop thread on a P's CPU only delays its SCHED_EXT Ms).
     bool backstop_at_fallback = false;
+    // The kernel side times slices (arm_slice and PREEMPT events): trace. Elsewhere sysmon
+    // does (poll), or the scheduler's own tick (scx).
+    bool slice_timers = false;
   };
   enum class Wake { kTimeout, kEvent, kWoken };
+  // What a kEvent carries: the lease word the kernel side saw, and why (KGMP_EV_BLOCK: the
+  // holder blocked; KGMP_EV_PREEMPT: its G ran longer than the slice with work queued).
+  struct Event {
+    std::uint64_t lease = 0;
+    std::uint32_t kind = KGMP_EV_BLOCK;
+  };
 
   virtual ~Monitor() = default;
   // "poll", "trace" or "scx"; scx says "trace" once it fell back. Any thread.
@@ -57,17 +66,19 @@ struct Monitor {
   // An M exists: the kernel side may watch its thread (slot < KGMP_MAX_MS). Caller: that M, on
   // its own thread, before it runs anything.
   virtual void register_m(int slot, pid_t tid) {}
-  // Waits up to timeout_ms (-1: no limit) on P p's event source: kEvent with *lease set to the
-  // word to CAS from, kWoken after wake(p) (or a spurious wake), kTimeout. Caller: p's watcher
-  // (M slot `slot`), P-less, on its g0.
-  virtual Wake wait(int p, int slot, int timeout_ms, std::uint64_t* lease) {
-    return Wake::kTimeout;
-  }
+  // Waits up to timeout_ms (-1: no limit) on P p's event source: kEvent with *ev set, kWoken
+  // after wake(p) (or a spurious wake), kTimeout. Caller: p's watcher (M slot `slot`), P-less,
+  // on its g0.
+  virtual Wake wait(int p, int slot, int timeout_ms, Event* ev) { return Wake::kTimeout; }
   // Takes an event already posted for P p, without sleeping (a held watcher's poll; events
   // posted without a wakeup). Caller: p's watcher.
-  virtual bool take(int p, std::uint64_t* lease) { return false; }
+  virtual bool take(int p, Event* ev) { return false; }
   // Makes P p's watcher's current or next wait() return (kWoken at the latest). Any thread.
   virtual void wake(int p) {}
+  // Starts P p's slice timer (Traits::slice_timers): the kernel side then posts a PREEMPT
+  // event when p's G has run longer than the slice with work queued. Caller: p's holder, once
+  // it CASed kgmp_p_shared::slice_armed IDLE -> ARMED.
+  virtual void arm_slice(int p) {}
 
   Traits traits;
   // The memory shared with BPF (the mmap'd map), or null: the runtime allocates its own.

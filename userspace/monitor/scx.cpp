@@ -141,9 +141,9 @@ class ScxMonitor final : public Monitor {
     }
   }
 
-  Wake wait(int p, int slot, int timeout_ms, std::uint64_t* lease) override {
+  Wake wait(int p, int slot, int timeout_ms, Event* evt) override {
     if (timeout_ms >= 0 || slot < 0 || slot >= KGMP_MAX_MS || !alive_.load(std::memory_order_acquire))
-      return trace_->wait(p, slot, timeout_ms, lease);
+      return trace_->wait(p, slot, timeout_ms, evt);
     kgmp_scx_state* st = scx_->state();
     std::atomic_ref<__u32> hold(st->hold[slot]);
     std::atomic_ref<__u64> ev(st->handoff_lease[p]);
@@ -151,21 +151,22 @@ class ScxMonitor final : public Monitor {
     Wake r = Wake::kTimeout;
     for (;;) {
       if (__u64 l = ev.exchange(0, std::memory_order_acq_rel); l != 0) {
-        *lease = l;
+        evt->lease = l;
+        evt->kind = KGMP_EV_BLOCK;
         r = Wake::kEvent;
         break;
       }
       // The ring: a second source of the same event, and wake()'s eventfd.
-      if ((r = trace_->wait(p, slot, 0, lease)) != Wake::kTimeout) break;
+      if ((r = trace_->wait(p, slot, 0, evt)) != Wake::kTimeout) break;
       if (!alive_.load(std::memory_order_acquire)) break;
       sched_yield();  // parked by the scheduler until released
     }
     hold.store(0, std::memory_order_release);
     if (r != Wake::kTimeout) return r;
-    return trace_->wait(p, slot, timeout_ms, lease);  // ejected meanwhile: trace
+    return trace_->wait(p, slot, timeout_ms, evt);  // ejected meanwhile: trace
   }
 
-  bool take(int p, std::uint64_t* lease) override { return trace_->take(p, lease); }
+  bool take(int p, Event* ev) override { return trace_->take(p, ev); }
 
   void wake(int p) override {
     trace_->wake(p);

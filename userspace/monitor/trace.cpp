@@ -45,6 +45,7 @@ class TraceMonitor final : public Monitor {
       : bpf_(std::move(bpf)), rings_(std::move(rings)) {
     traits.sees_blocks = true;
     traits.honours_held = true;
+    traits.slice_timers = true;
     shared = bpf_->shared();
     cores = bpf_->cores();
   }
@@ -57,10 +58,10 @@ class TraceMonitor final : public Monitor {
       __atomic_fetch_add(&shared->hdr.register_failed, 1, __ATOMIC_RELAXED);
   }
 
-  Wake wait(int p, int, int timeout_ms, std::uint64_t* lease) override {
+  Wake wait(int p, int, int timeout_ms, Event* ev) override {
     TraceBpf::Ring& ring = *rings_[static_cast<std::size_t>(p)];
     for (;;) {
-      if (take_event(ring, lease)) return Wake::kEvent;
+      if (take_event(ring, ev)) return Wake::kEvent;
       int r = ring.wait(timeout_ms);
       if (r == -EINTR) continue;
       if (r == 1) continue;  // readable: consumed at the top
@@ -68,18 +69,21 @@ class TraceMonitor final : public Monitor {
     }
   }
 
-  bool take(int p, std::uint64_t* lease) override {
-    return take_event(*rings_[static_cast<std::size_t>(p)], lease);
+  bool take(int p, Event* ev) override {
+    return take_event(*rings_[static_cast<std::size_t>(p)], ev);
   }
 
   void wake(int p) override { rings_[static_cast<std::size_t>(p)]->wake(); }
 
+  void arm_slice(int p) override { bpf_->arm_slice(p); }
+
  private:
   // Several events may be pending (a P blocked twice): only the newest lease can win.
-  static bool take_event(TraceBpf::Ring& ring, std::uint64_t* lease) {
+  static bool take_event(TraceBpf::Ring& ring, Event* out) {
     bool any = false;
     ring.consume([&](const kgmp_block_event& ev) {
-      *lease = ev.lease;
+      out->lease = ev.lease;
+      out->kind = ev.kind;
       any = true;
     });
     return any;

@@ -393,6 +393,15 @@ absl::Status TraceBpf::register_m(int tid, unsigned slot) {
   return absl::OkStatus();
 }
 
+void TraceBpf::arm_slice(int p) {
+  kgmp_arm_args args{static_cast<__u32>(p), 0};
+  bpf_test_run_opts opts{};
+  opts.sz = sizeof opts;
+  opts.ctx_in = &args;
+  opts.ctx_size_in = sizeof args;
+  (void)bpf_prog_test_run_opts(bpf_program__fd(skel_->progs.kgmp_arm_slice), &opts);
+}
+
 absl::Status TraceBpf::unregister_m(int tid) {
   __u32 key = static_cast<__u32>(tid);
   if (int err = bpf_map_delete_elem(tids_fd_, &key); err != 0)

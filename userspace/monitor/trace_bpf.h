@@ -80,6 +80,9 @@ class TraceBpf {
   // shared() itself (tid, p, cpu, ...).
   absl::Status register_m(int tid, unsigned slot);
   absl::Status unregister_m(int tid);
+  // Starts P p's slice timer (kgmp_arm_slice: one BPF_PROG_RUN). Caller: p's holder, after
+  // CASing kgmp_p_shared::slice_armed IDLE -> ARMED.
+  void arm_slice(int p);
 
   // One consumer per ring: P p's spare M waits for P p's block events.
   class Ring {

@@ -154,6 +154,13 @@ constexpr std::int64_t kStaleHoldNs = 10'000'000;
 // Whether watchers exist and kgmp::blocking hands off at entry (Monitor::Traits::sees_blocks),
 // and whether holders ask for held watchers. Set by handoff_init, read-only during the run.
 bool g_sees_blocks = false;
+// Preemption: the slice (ns, 0: off); whether the monitor's kernel side times it (trace) or
+// sysmon does (poll; trace too for a P whose watcher is held, which a PREEMPT event's wakeup
+// cannot run); whether a preempted M may be lowered to SCHED_IDLE (it can come back).
+std::int64_t g_slice_ns = 0;
+std::int64_t g_slice_period_ns = 0;
+bool g_slice_timers = false;
+bool g_can_lower = false;
 
 class Sysmon;
 Sysmon* g_sysmon = nullptr;
@@ -194,6 +201,30 @@ bool can_leave_sched_idle() {
 
 // ---- the lease ----
 
+// The M in slot `holder` lost its P because its G ran past the slice: it goes on running that
+// G P-less until its next runtime entry, moved aside so that the P's new M gets the CPU (both
+// are pinned there): SCHED_IDLE, when this process may come back from it. Under scx the
+// scheduler orders the Ms itself. Caller: the taker, after its CAS won.
+static void move_aside(std::uint32_t holder) {
+  M* v = holder < static_cast<std::uint32_t>(sched->cfg.max_threads) + 1
+             ? sched->m_by_id[holder].load(std::memory_order_acquire)
+             : nullptr;
+  if (v == nullptr) return;
+  v->preempted.store(true, std::memory_order_release);
+  if (!g_can_lower) return;
+  sched_param sp{};
+  if (sched_setscheduler(v->tid, SCHED_IDLE, &sp) == 0)
+    v->lowered.store(true, std::memory_order_release);
+}
+
+// m learned that its P was taken: if that was a preemption, it is back in the scheduler now,
+// at its own priority again. Caller: m, P-less, entering the runtime.
+void notice_lost(M* m) {
+  if (__builtin_expect(!m->preempted.load(std::memory_order_acquire), 1)) return;
+  m->preempted.store(false, std::memory_order_relaxed);
+  if (m->lowered.exchange(false, std::memory_order_acq_rel)) set_policy(SCHED_OTHER);
+}
+
 bool lease_enter(M* m, P* p) {
   LeaseWord e = m->lease_expect;
   if (!lease_ref(p).compare_exchange_strong(
@@ -207,7 +238,7 @@ bool lease_enter(M* m, P* p) {
 // Takes p from the M that holds it in USER state, by CAS from exactly `observed`. On success
 // the caller owns p (RUNTIME, no holder) and must acquire it or pass it on (pass_on). Caller:
 // a watcher, sysmon.
-static bool handoff_p(P* p, LeaseWord observed) {
+static bool handoff_p(P* p, LeaseWord observed, std::uint32_t kind = KGMP_EV_BLOCK) {
   if (KGMP_LEASE_STATE(observed) != KGMP_LEASE_USER) return false;
   if (!lease_ref(p).compare_exchange_strong(
           observed, KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(observed) + 1, kNoHolder, KGMP_LEASE_RUNTIME),
@@ -217,9 +248,14 @@ static bool handoff_p(P* p, LeaseWord observed) {
       p->rt_owner.load(std::memory_order_acquire) != -1)
     lease_violations.fetch_add(1, std::memory_order_relaxed);  // someone in RUNTIME under USER
   p->m = nullptr;  // the blocked M learns at its next runtime entry (its CAS fails)
-  // A P that hands off is likely to again: its next holders may ask for a held watcher.
-  if (sched->hold_spares) p->hold_credit.store(kHoldCredit, std::memory_order_relaxed);
-  p->c.handoffs_out.add();
+  if (kind == KGMP_EV_PREEMPT) {
+    move_aside(KGMP_LEASE_HOLDER(observed));
+    p->c.preemptions.add();
+  } else {
+    // A P that hands off is likely to again: its next holders may ask for a held watcher.
+    if (sched->hold_spares) p->hold_credit.store(kHoldCredit, std::memory_order_relaxed);
+    p->c.handoffs_out.add();
+  }
   if (__builtin_expect(tracing.load(std::memory_order_relaxed), 0)) {
     M* taker = getm();
     trace_event_slow(p->id, TraceEv::kHandoff,
@@ -230,10 +266,11 @@ static bool handoff_p(P* p, LeaseWord observed) {
   return true;
 }
 
-// After a hand-off to no particular M: start an M for p if it has work, else idle it.
-// Caller: owns p (a won handoff_p, or the eager hand-off of entersyscall).
+// After a hand-off to no particular M: start an M for p if it has work (a G queued, or a timer
+// due), else idle it. Caller: owns p (a won handoff_p, or the eager hand-off of entersyscall).
 static void pass_on(P* p) {
-  if (p_has_work(p)) {
+  std::int64_t t0 = p->timers.timer0.load(std::memory_order_relaxed);
+  if (p_has_work(p) || (t0 != 0 && t0 <= nanotime())) {
     if (counters_on) p->c.handoffs_in.add();
     start_m(p, false);
     return;
@@ -249,6 +286,7 @@ static void pass_on(P* p) {
 // The M lost its P while its G ran: Go's exitsyscall slow path. Caller: enter_runtime, on the
 // G's stack, depth already 1.
 static void lost_p(M* m) {
+  notice_lost(m);
   // nlostp (deadlock detection) drops only once the G is on a P or a run queue again.
   bool handed = m->p != nullptr;
   if (handed) {
@@ -349,6 +387,21 @@ static void hold_spare(P* p) {
 
 // ---- the runtime entry and exit ----
 
+namespace {
+void sysmon_kick_slice(P* p);
+}
+
+// Starts p's slice timer if it is not running and a G is about to run with work queued behind
+// it (see "Preemption"). Caller: p's holder, in exit_runtime.
+static inline void arm_slice(P* p) {
+  std::atomic_ref<__u32> armed(p->sh->slice_armed);
+  if (armed.load(std::memory_order_relaxed) != KGMP_SLICE_IDLE) return;
+  if (!work_queued(p) && p->timers.timer0.load(std::memory_order_relaxed) == 0) return;
+  __u32 idle = KGMP_SLICE_IDLE;
+  if (armed.compare_exchange_strong(idle, KGMP_SLICE_ARMED, std::memory_order_relaxed))
+    sched->monitor->arm_slice(p->id);
+}
+
 // Counts (debug builds: aborts on) a published queue length of 0 while p's ring holds Gs.
 // Caller: p's holder, leaving the runtime.
 static void check_published(P* p) {
@@ -396,6 +449,10 @@ void exit_runtime() {
   owner_out(p);
   l.store(u, std::memory_order_release);
   if (p->hold_credit.load(std::memory_order_relaxed) != 0) hold_spare(p);
+  if (g_slice_timers)
+    arm_slice(p);
+  else if (g_slice_ns != 0 && !g_sees_blocks)
+    sysmon_kick_slice(p);
 }
 
 // ---- the syscall hooks (kgmp::blocking) ----
@@ -536,9 +593,9 @@ void sysmon_kick_held();
 }
 
 // Holds p's watcher (this thread) runnable at SCHED_IDLE until p's holder blocks (kEvent, with
-// *lease to CAS from) or a hand-off stops being likely, or the runtime stops (kTimeout: the
+// *ev to CAS from) or a hand-off stops being likely, or the runtime stops (kTimeout: the
 // caller looks again). Caller: p's watcher, spare_held REQUESTED.
-static Monitor::Wake hold(P* p, std::uint64_t* lease) {
+static Monitor::Wake hold(P* p, Monitor::Event* ev) {
   std::atomic_ref<__u32> held(p->sh->spare_held);
   held.store(KGMP_SPARE_HELD, std::memory_order_seq_cst);
   p->held_since.store(nanotime(), std::memory_order_relaxed);
@@ -553,7 +610,7 @@ static Monitor::Wake hold(P* p, std::uint64_t* lease) {
       p->held_since.store(nanotime(), std::memory_order_relaxed);
       set_policy(SCHED_IDLE);
     }
-    if (sched->monitor->take(p->id, lease)) {
+    if (sched->monitor->take(p->id, ev)) {
       r = Monitor::Wake::kEvent;
       break;
     }
@@ -563,7 +620,7 @@ static Monitor::Wake hold(P* p, std::uint64_t* lease) {
     // Run while the holder runs G code with work queued: either it blocked after BPF's check
     // (no event), or the holder is runnable and this is the rare weight-3 turn.
     if (holder_blocked(w)) {
-      *lease = w;
+      *ev = {w, KGMP_EV_BLOCK};
       r = Monitor::Wake::kEvent;
       break;
     }
@@ -571,7 +628,7 @@ static Monitor::Wake hold(P* p, std::uint64_t* lease) {
   }
   p->held_tid.store(0, std::memory_order_release);
   held.store(KGMP_SPARE_SLEEPING, std::memory_order_seq_cst);
-  if (r != Monitor::Wake::kEvent && sched->monitor->take(p->id, lease))
+  if (r != Monitor::Wake::kEvent && sched->monitor->take(p->id, ev))
     r = Monitor::Wake::kEvent;  // posted without a wakeup before the store
   set_policy(SCHED_OTHER);
   return r;
@@ -605,13 +662,13 @@ bool watch_for_p(M* m) {
       timeout = ms < late_ms ? late_ms : static_cast<int>(ms);
       p->watch_until.store(now + std::int64_t{timeout} * 1000000, std::memory_order_seq_cst);
     }
-    std::uint64_t lease = 0;
+    Monitor::Event ev;
     hold_self(p);
     Monitor::Wake r = Monitor::Wake::kTimeout;
     if (std::atomic_ref<__u32>(p->sh->spare_held).load(std::memory_order_acquire) ==
         KGMP_SPARE_REQUESTED)
-      r = hold(p, &lease);
-    if (r != Monitor::Wake::kEvent) r = sched->monitor->wait(m->watch_p, m->id, timeout, &lease);
+      r = hold(p, &ev);
+    if (r != Monitor::Wake::kEvent) r = sched->monitor->wait(m->watch_p, m->id, timeout, &ev);
     if (sched->stopping.load(std::memory_order_acquire)) break;
     bool got = false;
     if (r == Monitor::Wake::kTimeout) {  // a timer is due: run it if the P is idle
@@ -621,16 +678,16 @@ bool watch_for_p(M* m) {
       }
       LeaseWord w = lease_ref(p).load(std::memory_order_acquire);
       if (!got && holder_blocked(w)) {
-        lease = w;
+        ev = {w, KGMP_EV_BLOCK};
         r = Monitor::Wake::kEvent;
       } else if (!got) {
         late_ms = late_ms == 0 ? 1 : std::min(late_ms * 2, 10);
       }
     }
     if (r != Monitor::Wake::kTimeout) late_ms = 0;
-    if (r == Monitor::Wake::kEvent && handoff_p(p, lease)) {
+    if (r == Monitor::Wake::kEvent && handoff_p(p, ev.lease, ev.kind)) {
       got = true;
-      count_handoff_in(p, lease);
+      if (ev.kind == KGMP_EV_BLOCK) count_handoff_in(p, ev.lease);
     }
     if (got) {
       p->watch_until.store(-1, std::memory_order_relaxed);
@@ -710,6 +767,13 @@ class Sysmon {
     if (sleeping_.load(std::memory_order_seq_cst)) wake_sleeper();
   }
 
+  // Poll: p's holder runs a G while another waits (queued, or behind a timer): sysmon times
+  // the slice. One load unless sysmon sleeps. Caller: p's holder, leaving the runtime.
+  void kick_slice(P* p) {
+    if (__builtin_expect(!sleeping_.load(std::memory_order_relaxed), 1)) return;
+    if (p_has_work(p) || p->timers.timer0.load(std::memory_order_relaxed) != 0) wake_sleeper();
+  }
+
   // A watcher was just held at SCHED_IDLE: sysmon must look at its P within 1 ms while it stays
   // held. A sleeping sysmon gets its timer 1 ms ahead (no wakeup now); an awake one goes back to
   // 1 ms rounds. Caller: that watcher.
@@ -727,8 +791,10 @@ class Sysmon {
 
  private:
   struct Seen {
-    LeaseWord lease = 0;
+    LeaseWord lease = 0;  // the blocking section last seen, and since when
     std::int64_t since = 0;
+    std::uint64_t tick = 0;  // the P's schedtick last seen, and since when (preemption)
+    std::int64_t tick_since = 0;
   };
 
   void wake_sleeper() {
@@ -761,6 +827,52 @@ class Sysmon {
     return t > 0 && t <= now ? t : now;
   }
 
+  // Whether sysmon times P p's slices: always under poll; under trace only while p's watcher
+  // is held or missing (a PREEMPT event's wakeup cannot run a watcher held at SCHED_IDLE).
+  bool times_slices(P* p) const {
+    if (g_slice_ns == 0) return false;
+    if (!backstop_) return true;
+    return std::atomic_ref<__u32>(p->sh->spare_held).load(std::memory_order_relaxed) ==
+               KGMP_SPARE_HELD ||
+           sched->watcher_missing[static_cast<std::size_t>(p->id)].load(std::memory_order_relaxed);
+  }
+
+  // Go's retake of a P whose G ran too long (sysmon's preemptone): the same G (schedtick
+  // unchanged) has run a whole slice in G code with work queued, its M not blocked.
+  bool slice_over(P* p, LeaseWord w, M* holder, Seen& s, std::int64_t now) {
+    if (!times_slices(p) || (!p_has_work(p) && !timer_due(p, now))) {
+      s.tick_since = 0;
+      return false;
+    }
+    std::uint64_t tick = __atomic_load_n(&p->sh->schedtick, __ATOMIC_RELAXED);
+    if (tick != s.tick || s.tick_since == 0) {
+      s.tick = tick;
+      s.tick_since = now;
+      return false;
+    }
+    if (now - s.tick_since < g_slice_ns || blocked(holder)) return false;
+    s.tick_since = 0;
+    return true;
+  }
+
+  static bool timer_due(P* p, std::int64_t now) {
+    std::int64_t t0 = p->timers.timer0.load(std::memory_order_relaxed);
+    return t0 != 0 && t0 <= now;
+  }
+
+  // Whether some P's slice is being timed here (sysmon then looks at least every period).
+  bool watching_slices() const {
+    if (g_slice_ns == 0) return false;
+    for (int i = 0; i < sched->nprocs; i++) {
+      P* p = &sched->allp[i];
+      if (KGMP_LEASE_STATE(lease_ref(p).load(std::memory_order_relaxed)) == KGMP_LEASE_USER &&
+          times_slices(p) &&
+          (p_has_work(p) || p->timers.timer0.load(std::memory_order_relaxed) != 0))
+        return true;
+    }
+    return false;
+  }
+
   // Go's retake: returns how many Ps were handed off.
   int retake(std::int64_t now) {
     int n = 0;
@@ -768,9 +880,20 @@ class Sysmon {
       P* p = &sched->allp[i];
       LeaseWord w = lease_ref(p).load(std::memory_order_acquire);
       Seen& s = seen_[static_cast<std::size_t>(i)];
-      if (KGMP_LEASE_STATE(w) != KGMP_LEASE_USER) continue;
+      if (KGMP_LEASE_STATE(w) != KGMP_LEASE_USER) {
+        s.tick_since = 0;
+        continue;
+      }
       M* holder = sched->m_by_id[KGMP_LEASE_HOLDER(w)].load(std::memory_order_acquire);
-      if (holder == nullptr || !blocked(holder)) continue;
+      if (holder == nullptr) continue;
+      if (slice_over(p, w, holder, s, now)) {
+        if (handoff_p(p, w, KGMP_EV_PREEMPT)) {
+          pass_on(p);
+          n++;
+        }
+        continue;
+      }
+      if (!blocked(holder)) continue;
       if (s.lease != w) {  // first sighting of this blocking section
         s.lease = w;
         s.since = marked_since(holder, now);
@@ -801,7 +924,8 @@ class Sysmon {
   // monitor, some M is inside kgmp::blocking().
   bool nothing_to_watch() const {
     if (sched->npidle.load(std::memory_order_seq_cst) == sched->nprocs) return true;
-    if (!backstop_) return sched->nblocking.load(std::memory_order_seq_cst) == 0;
+    if (!backstop_)
+      return sched->nblocking.load(std::memory_order_seq_cst) == 0 && !watching_slices();
     if (sched->runqsize.load(std::memory_order_seq_cst) > 0) return false;
     for (int i = 0; i < sched->nprocs; i++)
       if (!sched->allp[i].runq.empty()) return false;
@@ -836,6 +960,9 @@ class Sysmon {
         delay = 1'000'000;
         idle = 0;
       }
+      // Timing a slice: a round at least every tenth of it (a G is preempted within the slice
+      // plus one round), at most every 20 us.
+      if (delay > g_slice_period_ns && watching_slices()) delay = g_slice_period_ns;
       sleep(delay);
       if (backstop_) refill_watchers();
       if (retake(nanotime()) > 0) {
@@ -870,6 +997,9 @@ void sysmon_kick_blocking() {
 void sysmon_kick_held() {
   if (g_sysmon != nullptr) g_sysmon->kick_held();
 }
+void sysmon_kick_slice(P* p) {
+  if (g_sysmon != nullptr) g_sysmon->kick_slice(p);
+}
 
 }  // namespace
 
@@ -883,13 +1013,20 @@ void handoff_init(bool hold_spares_wanted) {
   const Monitor::Traits& t = sched->monitor->traits;
   g_sees_blocks = t.sees_blocks;
   g_fell_back.store(false, std::memory_order_relaxed);
-  sched->hold_spares =
-      hold_spares_wanted && sched->cfg.pin && t.honours_held && can_leave_sched_idle();
+  // Both held spares and moving a preempted M aside need the way back from SCHED_IDLE.
+  g_can_lower = can_leave_sched_idle();
+  sched->hold_spares = hold_spares_wanted && sched->cfg.pin && t.honours_held && g_can_lower;
   if (t.sees_blocks) {
     sched->watcher_missing =
         std::vector<std::atomic<bool>>(static_cast<std::size_t>(sched->nprocs));
     for (auto& w : sched->watcher_missing) w.store(true);
   }
+  g_slice_ns = sched->cfg.preempt_slice.count();
+  g_slice_period_ns = std::clamp<std::int64_t>(g_slice_ns / 10, 20'000, 1'000'000);
+  g_slice_timers = g_slice_ns > 0 && t.slice_timers && !sched->shared_owned;
+  if (g_slice_timers)
+    std::atomic_ref<__u64>(sched->shared->hdr.preempt_slice_ns)
+        .store(static_cast<__u64>(g_slice_ns), std::memory_order_release);
   g_sysmon = new Sysmon(t.sees_blocks);
 }
 

@@ -47,6 +47,10 @@ inline void owner_out(P* p) {
     p->rt_owner.store(-1, std::memory_order_release);
 }
 
+// m learned at a runtime entry that its P was taken: undoes what a preemption did to it (its
+// thread's policy). Caller: m, P-less, in the runtime.
+void notice_lost(M* m);
+
 // The M's pending preemption request word, or null. Caller: m, any state.
 std::uint32_t* preempt_requested(M* m);
 

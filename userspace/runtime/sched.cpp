@@ -759,6 +759,7 @@ void gopark(void (*unlockf)(void*), void* arg, const char* reason) {
     // parks right away, P-less, on g0, which releases the lock; the M then waits as a spare.
     P* p = m->p;
     if (p == nullptr || !lease_enter(m, p)) {
+      notice_lost(m);
       if (p != nullptr) {  // handed off: nlostp drops once the G is parked (finish_switch)
         m->p = nullptr;
         __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry

@@ -160,6 +160,11 @@ struct M {
   int rt_depth = 1;
   __u64 lease_expect = 0;  // the USER lease word it stored last
   bool requeue_lost = false;  // the G of a kRequeue was running when its P was handed off
+  // Preemption (handoff.cpp): its P was taken because its G ran past the slice (set by the
+  // taker before the CAS's winner runs the P; read by this M at its next runtime entry), and
+  // whether the taker lowered this thread to SCHED_IDLE (this M restores SCHED_OTHER).
+  std::atomic<bool> preempted{false};
+  std::atomic<bool> lowered{false};
   bool watcher = false;       // waits on P watch_p's event source (Monitor::wait) for it
   int watch_p = -1;
   pid_t tid = 0;

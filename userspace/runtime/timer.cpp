@@ -59,8 +59,12 @@ void heap_remove(std::vector<Timer*>& h, int i) {
     sift_up(h, last->idx);
   }
 }
-void publish(TimerHeap& th) ABSL_EXCLUSIVE_LOCKS_REQUIRED(th.lock) {
-  th.timer0.store(th.heap.empty() ? 0 : th.heap[0]->when, std::memory_order_seq_cst);
+// Publishes the earliest deadline, to the scheduler and to BPF (kgmp_p_shared::timer0: the
+// slice timers count a due timer as a G waiting for the P).
+void publish(P* p, TimerHeap& th) ABSL_EXCLUSIVE_LOCKS_REQUIRED(th.lock) {
+  std::int64_t t0 = th.heap.empty() ? 0 : th.heap[0]->when;
+  th.timer0.store(t0, std::memory_order_seq_cst);
+  std::atomic_ref<__u64>(p->sh->timer0).store(static_cast<__u64>(t0), std::memory_order_relaxed);
 }
 
 }  // namespace
@@ -77,7 +81,7 @@ void add_timer(Timer* t, std::int64_t when) {
     sift_up(th.heap, static_cast<int>(th.heap.size()) - 1);
     t->p.store(p, std::memory_order_release);
     earliest = t->idx == 0;
-    publish(th);
+    publish(p, th);
   }
   if (earliest) poke_timer_sleepers(when);
 }
@@ -92,7 +96,7 @@ bool del_timer(Timer* t) {
     heap_remove(th.heap, t->idx);
     t->idx = -1;
     t->p.store(nullptr, std::memory_order_release);
-    publish(th);
+    publish(p, th);
     return true;
   }
 }
@@ -121,7 +125,7 @@ void run_timers(P* p, std::int64_t now) {
     }
     t->f(t, now);  // under the lock: del_timer cannot return while it runs
   }
-  publish(th);
+  publish(p, th);
 }
 
 std::int64_t earliest_timer() {
