@@ -7,6 +7,16 @@
 // The same workloads exist for Go (bench/compare/go) and Boost.Fiber (bench/compare/boostfiber);
 // bench/compare/run runs the three side by side and writes bench/RESULTS.md. Keep the work
 // here identical to theirs, line for line.
+//
+// Not Google Benchmark: every case is a whole-runtime experiment. A repetition starts
+// kgmp::run (a fresh runtime, its monitor attached, its Ms created) and measures inside the
+// main goroutine; handoff and idle pick each run's monitor (KGMP_MONITOR), --counters=both
+// switches the telemetry per run (KGMPDEBUG), switch-cost forks a second process and
+// attaches the trace program around its rounds. Google Benchmark's harness repeats a
+// function inside one process and reports its own statistics, which fits none of that; and
+// bench/compare/run repeats by process (`--reps 1`, interleaved with the Go and Boost.Fiber
+// peers, which print the same RESULT lines), so the RESULT line is the interface, not a
+// harness's output.
 #include <unistd.h>
 
 #include <algorithm>

@@ -39,8 +39,9 @@
  *     holds its P in USER state (G code runs) with schedtick unchanged for 10 ms, raises the
  *     flag and restarts since_ns (one request per 10 ms of one G's run). The runtime clears
  *     the flag and yields the G at its next runtime entry or kgmp::preempt_point().
- *   - ops.exit copies kind, exit code, reason and message into .bss (UEI-style), kind last,
- *     so the loader's ejection watcher can log it and fall back to trace.
+ *   - ops.exit records kind, exit code, reason and message in the exit record `uei` (.data,
+ *     UEI_RECORD), kind last, so the loader's ejection watcher can log it and fall back to
+ *     trace.
  *
  * Invariants:
  *   - This program never writes a lease (DESIGN §3); the watcher's CAS from exactly the word
@@ -51,28 +52,23 @@
  *     handoff_lease[p] and claims pending[p], because the holder may block between the
  *     watcher's last look and its sched_yield (e.g. the watcher was preempted by the holder).
  *
- * Portability: kfuncs are declared __weak and chosen with bpf_ksym_exists() (6.12 names
- * scx_bpf_dispatch/consume, 6.13+ scx_bpf_dsq_insert/move_to_local, the old names gone in 7.x);
- * enum values that differ between kernels (SCX_ENQ_HEAD) come from CO-RE. Built against the
- * newest kernel's vmlinux.h; struct_ops members unknown to an older kernel are zero and skipped.
+ * Portability: the scx project's conventions, from scx_common.bpf.h (BPF_STRUCT_OPS,
+ * SCX_OPS_DEFINE, UEI_DEFINE/UEI_RECORD, scx_bpf_error); kfuncs renamed since 6.12 go through
+ * its compat wrappers, scx_bpf_dsq_insert() and scx_bpf_dsq_move_to_local(), which pick the
+ * running kernel's flavor. Enum values that differ between kernels (SCX_ENQ_HEAD) come from
+ * CO-RE; the ops flags are the same in every sched_ext kernel. Built against the newest
+ * kernel's vmlinux.h; struct_ops members unknown to an older kernel are zero and skipped.
  *
  * Rejected: keeping the spare in BPF custody (enqueue inserting nowhere) and releasing it with
  * bpf_task_from_pid (a task pointer to track per P, and nothing for the watchdog to see in
  * a DSQ); a spare spinning at SCHED_IDLE (the core never halts); releasing from user space
  * (a syscall on the critical path: the blocked M's own CPU already calls ops.dispatch).
  */
-#include "vmlinux.h"
-
-#include <bpf/bpf_core_read.h>
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
+#include "scx_common.bpf.h"
 
 #include "scx_kgmp.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-#define BPF_STRUCT_OPS(name, args...) SEC("struct_ops/" #name) BPF_PROG(name, ##args)
-#define BPF_STRUCT_OPS_SLEEPABLE(name, args...) SEC("struct_ops.s/" #name) BPF_PROG(name, ##args)
 
 #define KGMP_SCX_SLICE_NS (20ULL * 1000 * 1000)
 #define KGMP_SCX_PREEMPT_NS (10ULL * 1000 * 1000)
@@ -90,6 +86,7 @@ const volatile __u64 starve_ns = 2500ULL * 1000 * 1000;
 const volatile __u32 test_stall = 0;
 
 struct kgmp_scx_state st;
+UEI_DEFINE(uei);
 
 /* The runtime's shared memory and tid -> M slot table: the loader makes these the very maps
  * of the loaded kgmp_trace object (same definitions as kgmp_trace.bpf.c). */
@@ -105,36 +102,10 @@ struct {
 	__type(value, struct cycle_timer);
 } kgmp_timer SEC(".maps");
 
-/* kfuncs: both generations, weak; bpf_ksym_exists picks (the dead branch is removed). */
-void scx_bpf_dsq_insert(struct task_struct *p, u64 dsq_id, u64 slice, u64 enq_flags) __ksym __weak;
-void scx_bpf_dispatch(struct task_struct *p, u64 dsq_id, u64 slice, u64 enq_flags) __ksym __weak;
-bool scx_bpf_dsq_move_to_local(u64 dsq_id) __ksym __weak;
-bool scx_bpf_consume(u64 dsq_id) __ksym __weak;
-s32 scx_bpf_create_dsq(u64 dsq_id, s32 node) __ksym __weak;
-s32 scx_bpf_dsq_nr_queued(u64 dsq_id) __ksym __weak;
-void scx_bpf_kick_cpu(s32 cpu, u64 flags) __ksym __weak;
-s32 scx_bpf_task_cpu(const struct task_struct *p) __ksym __weak;
-void scx_bpf_error_bstr(char *fmt, unsigned long long *data, u32 data__sz) __ksym __weak;
-
 #define READ_ONCE_U32(x) (*(volatile __u32 *)&(x))
 #define READ_ONCE_U64(x) (*(volatile __u64 *)&(x))
 #define WRITE_ONCE_U32(x, v) (*(volatile __u32 *)&(x) = (v))
 #define WRITE_ONCE_U64(x, v) (*(volatile __u64 *)&(x) = (v))
-
-static __always_inline void dsq_insert(struct task_struct *p, u64 dsq, u64 slice, u64 fl)
-{
-	if (bpf_ksym_exists(scx_bpf_dsq_insert))
-		scx_bpf_dsq_insert(p, dsq, slice, fl);
-	else
-		scx_bpf_dispatch(p, dsq, slice, fl);
-}
-
-static __always_inline bool dsq_move_to_local(u64 dsq)
-{
-	if (bpf_ksym_exists(scx_bpf_dsq_move_to_local))
-		return scx_bpf_dsq_move_to_local(dsq);
-	return scx_bpf_consume(dsq);
-}
 
 static __always_inline void anomaly(int a)
 {
@@ -205,17 +176,13 @@ static __always_inline int m_slot(struct task_struct *p)
 }
 
 /* The test-only knob: the loader sets test_error_at_ns from KGMP_SCX_TEST_ERROR_MS. */
-/* scx_bpf_error_bstr's fmt is a `char *`: the verifier wants writable memory (.data). */
-static char test_error_fmt[] = "kgmp test: scx_bpf_error forced (KGMP_SCX_TEST_ERROR_MS) at %llu";
-
 static __always_inline void maybe_test_error(void)
 {
 	__u64 at = READ_ONCE_U64(st.test_error_at_ns);
-	unsigned long long arg[1] = {at};
 
 	if (at && bpf_ktime_get_ns() >= at) {
 		WRITE_ONCE_U64(st.test_error_at_ns, 0);
-		scx_bpf_error_bstr(test_error_fmt, arg, sizeof(arg));
+		scx_bpf_error("kgmp test: scx_bpf_error forced (KGMP_SCX_TEST_ERROR_MS) at %llu", at);
 	}
 }
 
@@ -261,13 +228,13 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 		/* Not ours (another process switched a thread to SCHED_EXT): run it anyway. */
 		anomaly(KGMP_SCX_A_FOREIGN);
 		WRITE_ONCE_U32(st.last_foreign_tid, p->pid);
-		dsq_insert(p, SCX_DSQ_GLOBAL, KGMP_SCX_SLICE_NS, enq_flags);
+		scx_bpf_dsq_insert(p, SCX_DSQ_GLOBAL, KGMP_SCX_SLICE_NS, enq_flags);
 		scx_bpf_kick_cpu(scx_bpf_task_cpu(p), SCX_KICK_IDLE);
 		return;
 	}
 	s = shared_mem();
 	if (!s) {
-		dsq_insert(p, SCX_DSQ_GLOBAL, KGMP_SCX_SLICE_NS, enq_flags);
+		scx_bpf_dsq_insert(p, SCX_DSQ_GLOBAL, KGMP_SCX_SLICE_NS, enq_flags);
 		return;
 	}
 	cpu = scx_bpf_task_cpu(p);
@@ -281,21 +248,21 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 		} else if (!READ_ONCE_U64(st.handoff_lease[pidx(pi)]) && !claim_pending(pi)) {
 			/* Park: runnable, held, until ops.dispatch releases it. */
 			WRITE_ONCE_U64(st.park_ns[pidx(pi)], bpf_ktime_get_ns());
-			dsq_insert(p, KGMP_SCX_PARK_DSQ(pi), KGMP_SCX_SLICE_NS, enq_flags);
+			scx_bpf_dsq_insert(p, KGMP_SCX_PARK_DSQ(pi), KGMP_SCX_SLICE_NS, enq_flags);
 			CORE_INC(cpu, parks);
 			return;
 		}
 		/* Something is pending for it: let it run now, first on its core. (A watcher queued
 		 * behind the holder when the holder blocked: still the scheduler's hand-off.) */
 		CORE_INC(cpu, hold_run);
-		dsq_insert(p, SCX_DSQ_LOCAL, KGMP_SCX_SLICE_NS, enq_flags | head);
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, KGMP_SCX_SLICE_NS, enq_flags | head);
 		return;
 	}
 
 	if (enq_flags & last) {
 		/* The last runnable task of its CPU (we asked for these with SCX_OPS_ENQ_LAST, to
 		 * park watchers): keep running it. */
-		dsq_insert(p, SCX_DSQ_LOCAL, KGMP_SCX_SLICE_NS, enq_flags);
+		scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL, KGMP_SCX_SLICE_NS, enq_flags);
 		return;
 	}
 	if (cpu < 0 || cpu >= nr_cpus || cpu >= KGMP_SCX_MAX_CPUS ||
@@ -303,7 +270,7 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 		/* Not pinned (Config::pin = false) or beyond our DSQs: the global DSQ. */
 		if (cpu >= KGMP_SCX_MAX_CPUS)
 			anomaly(KGMP_SCX_A_BAD_CPU);
-		dsq_insert(p, SCX_DSQ_GLOBAL, KGMP_SCX_SLICE_NS, enq_flags);
+		scx_bpf_dsq_insert(p, SCX_DSQ_GLOBAL, KGMP_SCX_SLICE_NS, enq_flags);
 		scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 		return;
 	}
@@ -316,18 +283,18 @@ void BPF_STRUCT_OPS(kgmp_enqueue, struct task_struct *p, u64 enq_flags)
 		 * before the backstop creates another spare; if it has not parked by then, it waits
 		 * behind the P's new holder like any P-less M. */
 		if (enq_flags & SCX_ENQ_WAKEUP) {
-			dsq_insert(p, SCX_DSQ_LOCAL_ON | (__u64)cpu, KGMP_SCX_LOST_SLICE_NS,
-				   enq_flags | preempt);
+			scx_bpf_dsq_insert(p, SCX_DSQ_LOCAL_ON | (__u64)cpu, KGMP_SCX_LOST_SLICE_NS,
+					   enq_flags | preempt);
 			CORE_INC(cpu, lost_wakeups);
 			return;
 		}
-		dsq_insert(p, KGMP_SCX_CORE_DSQ(cpu), KGMP_SCX_SLICE_NS, enq_flags);
+		scx_bpf_dsq_insert(p, KGMP_SCX_CORE_DSQ(cpu), KGMP_SCX_SLICE_NS, enq_flags);
 	} else if (mp != KGMP_NO_P) {
 		/* The P-holder: first on its core. */
-		dsq_insert(p, KGMP_SCX_CORE_DSQ(cpu), KGMP_SCX_SLICE_NS, enq_flags | head);
+		scx_bpf_dsq_insert(p, KGMP_SCX_CORE_DSQ(cpu), KGMP_SCX_SLICE_NS, enq_flags | head);
 		CORE_INC(cpu, holder_first);
 	} else {
-		dsq_insert(p, KGMP_SCX_CORE_DSQ(cpu), KGMP_SCX_SLICE_NS, enq_flags);
+		scx_bpf_dsq_insert(p, KGMP_SCX_CORE_DSQ(cpu), KGMP_SCX_SLICE_NS, enq_flags);
 	}
 	scx_bpf_kick_cpu(cpu, SCX_KICK_IDLE);
 }
@@ -358,7 +325,7 @@ void BPF_STRUCT_OPS(kgmp_dispatch, s32 cpu, struct task_struct *prev)
 			pi = pp - 1;
 			if (pi < KGMP_MAX_PROCS && READ_ONCE_U32(st.pending[pidx(pi)])) {
 				if (scx_bpf_dsq_nr_queued(KGMP_SCX_PARK_DSQ(pi)) > 0) {
-					if (claim_pending(pi) && dsq_move_to_local(KGMP_SCX_PARK_DSQ(pi))) {
+					if (claim_pending(pi) && scx_bpf_dsq_move_to_local(KGMP_SCX_PARK_DSQ(pi), 0)) {
 						CORE_INC(cpu, releases);
 						if (READ_ONCE_U64(st.handoff_lease[pidx(pi)]))
 							CORE_INC(cpu, handoffs);
@@ -372,7 +339,7 @@ void BPF_STRUCT_OPS(kgmp_dispatch, s32 cpu, struct task_struct *prev)
 				}
 			}
 		}
-		if (dsq_move_to_local(KGMP_SCX_CORE_DSQ(cpu))) {
+		if (scx_bpf_dsq_move_to_local(KGMP_SCX_CORE_DSQ(cpu), 0)) {
 			__u64 l = READ_ONCE_U64(st.handoff_lease[pidx(pi)]);
 
 			/* Once per block (dispatch may run several times while it is pending). */
@@ -548,11 +515,7 @@ s32 BPF_STRUCT_OPS_SLEEPABLE(kgmp_init)
 
 void BPF_STRUCT_OPS(kgmp_exit, struct scx_exit_info *ei)
 {
-	bpf_probe_read_kernel_str(st.exit.reason, sizeof(st.exit.reason), ei->reason);
-	bpf_probe_read_kernel_str(st.exit.msg, sizeof(st.exit.msg), ei->msg);
-	st.exit.exit_code = ei->exit_code;
-	asm volatile("" ::: "memory"); /* kind last (x86 stores are ordered; BPF has no fence) */
-	WRITE_ONCE_U64(st.exit.kind, ei->kind ? ei->kind : 1);
+	UEI_RECORD(uei, ei);
 }
 
 /* Test and user hook: release P pi's parked watcher now (wake_watcher: a timer or stop). */
@@ -576,18 +539,16 @@ int kgmp_release(struct release_args *a)
 	return 0;
 }
 
-SEC(".struct_ops.link")
-struct sched_ext_ops kgmp_ops = {
-	.select_cpu = (void *)kgmp_select_cpu,
-	.enqueue = (void *)kgmp_enqueue,
-	.dispatch = (void *)kgmp_dispatch,
-	.yield = (void *)kgmp_yield,
-	.stopping = (void *)kgmp_stopping,
-	.running = (void *)kgmp_running,
-	.tick = (void *)kgmp_tick,
-	.init = (void *)kgmp_init,
-	.exit = (void *)kgmp_exit,
-	.flags = 8 /* SCX_OPS_SWITCH_PARTIAL */ | 2 /* SCX_OPS_ENQ_LAST */,
-	.timeout_ms = 5000,
-	.name = "kgmp",
-};
+SCX_OPS_DEFINE(kgmp_ops,
+	       .select_cpu = (void *)kgmp_select_cpu,
+	       .enqueue = (void *)kgmp_enqueue,
+	       .dispatch = (void *)kgmp_dispatch,
+	       .yield = (void *)kgmp_yield,
+	       .stopping = (void *)kgmp_stopping,
+	       .running = (void *)kgmp_running,
+	       .tick = (void *)kgmp_tick,
+	       .init = (void *)kgmp_init,
+	       .exit = (void *)kgmp_exit,
+	       .flags = SCX_OPS_SWITCH_PARTIAL | SCX_OPS_ENQ_LAST,
+	       .timeout_ms = 5000, /* the loader sets the configured one */
+	       .name = "kgmp");

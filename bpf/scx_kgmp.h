@@ -1,6 +1,7 @@
 /* scx_kgmp.h — the one plain header shared by bpf/scx_kgmp.bpf.c and its loader
  * (userspace/monitor/scx_bpf.cpp): DSQ ids, the layout of the program's .bss (mapped by the
- * loader through the skeleton, read and written live by both sides), counter indexes.
+ * loader through the skeleton, read and written live by both sides), counter indexes, and
+ * the exit record (struct user_exit_info, in .data).
  *
  * The runtime's own state (leases, run queue lengths, per-M slots) is NOT here: it is the
  * kgmp_shared map of kgmp_trace.h, which the loader makes the scx program share with the trace
@@ -64,15 +65,20 @@ enum kgmp_scx_anomaly {
 	KGMP_SCX_A_NR
 };
 
-#define KGMP_SCX_REASON_LEN 128
-#define KGMP_SCX_MSG_LEN 256
+/* The exit record: scx's struct user_exit_info (user_exit_info_common.h), same fields, sizes
+ * and meaning. It is the program's .data variable `uei` (UEI_DEFINE, scx_common.bpf.h), not
+ * part of kgmp_scx_state: ops.exit fills it (UEI_RECORD), kind last; user space polls kind
+ * (ScxBpf::exited()): 0 while the scheduler runs, then an enum scx_exit_kind. */
+enum uei_sizes {
+	UEI_REASON_LEN = 128,
+	UEI_MSG_LEN = 1024, /* the kernel's SCX_EXIT_MSG_LEN */
+};
 
-/* UEI-style exit record: ops.exit fills it, then sets kind last (user space polls kind). */
-struct kgmp_scx_exit {
-	__u64 kind; /* enum scx_exit_kind; 0 while the scheduler runs */
+struct user_exit_info {
+	__s32 kind;
 	__s64 exit_code;
-	char reason[KGMP_SCX_REASON_LEN];
-	char msg[KGMP_SCX_MSG_LEN];
+	char reason[UEI_REASON_LEN];
+	char msg[UEI_MSG_LEN];
 };
 
 /* BPF-private per-P record of ops.tick: the P's schedtick last seen and since when. Written
@@ -111,7 +117,6 @@ struct kgmp_scx_state {
 	__u32 starved;
 	__u32 last_foreign_tid; /* bpf: the last KGMP_SCX_A_FOREIGN task (diagnostics) */
 	__u64 anomalies[16]; /* indexed by enum kgmp_scx_anomaly (< 16) */
-	struct kgmp_scx_exit exit;
 };
 
 #endif /* SCX_KGMP_H */

@@ -19,7 +19,7 @@
 //     parked.
 //
 // Ejection (watchdog, scx_bpf_error, sysrq-S, unregistration by anyone): ops.exit fills the
-// exit record; the ejection thread sees it within kPollMs, logs
+// exit record; the ejection thread sees it (ScxBpf::exited()) within kPollMs, logs
 // "kgmp: scx scheduler ejected (<reason>); continuing on trace", and retires: block events wake
 // their rings again (hdr.scx_active = 0) before any watcher leaves the scheduler's hold (alive_),
 // the runtime is told (monitor_fell_back: no more preemption requests, the backstop starts),
@@ -50,7 +50,6 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -223,14 +222,9 @@ class ScxMonitor final : public Monitor {
       cv_.wait_for(l, std::chrono::milliseconds(kPollMs));
       if (stopping_) break;
       kgmp_scx_state* st = scx_->state();
-      if (std::atomic_ref<__u64>(st->exit.kind).load(std::memory_order_acquire) != 0) {
+      if (scx_->exited()) {
         l.unlock();
-        kgmp_scx_exit& ex = st->exit;
-        std::string reason(ex.reason, strnlen(ex.reason, sizeof ex.reason));
-        std::string msg(ex.msg, strnlen(ex.msg, sizeof ex.msg));
-        if (reason.empty()) reason = "unknown reason";
-        if (!msg.empty()) reason += ": " + msg;
-        retire("kgmp: scx scheduler ejected (" + reason + "); continuing on trace");
+        retire("kgmp: scx scheduler ejected (" + scx_->exit_reason() + "); continuing on trace");
         return;
       }
       if (__u32 c = std::atomic_ref<__u32>(st->starved).load(std::memory_order_acquire); c != 0) {

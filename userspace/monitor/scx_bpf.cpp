@@ -107,6 +107,7 @@ absl::StatusOr<std::unique_ptr<ScxBpf>> ScxBpf::open(int nprocs, const int* cpu_
         "verifier's log)",
         errstr(err)));
   b->state_ = &b->skel_->bss->st;
+  b->uei_ = &b->skel_->data->uei;
   for (int i = 0; i < nprocs; i++)
     if (cpu_of_p[i] >= 0 && cpu_of_p[i] < KGMP_SCX_MAX_CPUS)
       b->state_->p_of_cpu[cpu_of_p[i]] = static_cast<__u32>(i + 1);
@@ -123,11 +124,21 @@ absl::StatusOr<std::unique_ptr<ScxBpf>> ScxBpf::open(int nprocs, const int* cpu_
     if (err == EBUSY || err == EEXIST || err == EALREADY) return busy_error("attach refused");
     return absl::FailedPreconditionError(absl::StrFormat(
         "cannot attach the sched_ext scheduler scx_kgmp: %s%s", errstr(err),
-        b->state_->exit.kind != 0 ? std::string(" (ops.init failed: ") + b->state_->exit.reason +
-                                        ": " + b->state_->exit.msg + ")"
-                                  : std::string()));
+        b->exited() ? " (ops.init failed: " + b->exit_reason() + ")" : std::string()));
   }
   return b;
+}
+
+bool ScxBpf::exited() const {
+  return std::atomic_ref<__s32>(uei_->kind).load(std::memory_order_acquire) != 0;
+}
+
+std::string ScxBpf::exit_reason() const {
+  std::string reason(uei_->reason, strnlen(uei_->reason, sizeof uei_->reason));
+  std::string msg(uei_->msg, strnlen(uei_->msg, sizeof uei_->msg));
+  if (reason.empty()) reason = "unknown reason";
+  if (!msg.empty()) reason += ": " + msg;
+  return reason;
 }
 
 void ScxBpf::detach() {

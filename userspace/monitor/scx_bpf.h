@@ -8,8 +8,10 @@
 //
 // Invariants: one ScxBpf per process and per machine (sched_ext runs one scheduler at a time:
 // open() fails with a one-line reason naming the loaded one). state() is the program's .bss,
-// mmapped, written live by both sides: use atomic_ref. After the scheduler exits (ejection or
-// detach), state()->exit.kind != 0 and stays so; the memory stays valid until destruction.
+// mmapped, written live by both sides: use atomic_ref. The exit record (struct user_exit_info,
+// the program's .data) is scx's: exited() and exit_reason() read it the way scx's UEI_EXITED
+// and UEI_REPORT do. After the scheduler exits (ejection or detach), exited() is true and stays
+// so; both memories stay valid until destruction.
 //
 // Rejected: a struct_ops map without a link (it survives a crashed process: notes §3); a
 // separate copy of the shared memory for scx (the runtime publishes its leases once).
@@ -43,6 +45,10 @@ class ScxBpf {
   ScxBpf& operator=(const ScxBpf&) = delete;
 
   kgmp_scx_state* state() { return state_; }
+  // The scheduler has exited (ops.exit ran: ejection, scx_bpf_error, detach). Any thread.
+  bool exited() const;
+  // Once exited(): "<reason>: <message>" from the exit record ("unknown reason" if empty).
+  std::string exit_reason() const;
   // Destroys the link: the kernel unregisters the scheduler (exit kind SCX_EXIT_UNREG).
   // Caller: one thread (the monitor's stop or its ejection watcher, serialized by the monitor).
   void detach();
@@ -58,6 +64,7 @@ class ScxBpf {
   scx_kgmp* skel_ = nullptr;
   bpf_link* link_ = nullptr;
   kgmp_scx_state* state_ = nullptr;
+  user_exit_info* uei_ = nullptr;
 };
 
 }  // namespace kgmp::internal
