@@ -1,5 +1,5 @@
-// handoff_bench.cpp — the questions of kernel-reported blocking (issue "Kernel-reported
-// blocking", DESIGN §4): how long a P stays stuck behind a blocked M (handoff), what an idle
+// handoff_bench.cpp — the questions of kernel-reported blocking (DESIGN §4, measured as §8
+// says): how long a P stays stuck behind a blocked M (handoff), what an idle
 // runtime costs (idle), and what the attached BPF program costs every context switch of the
 // machine (switch-cost). The Go side of `handoff` is bench/compare/go (case handoff): keep the
 // method identical.
@@ -241,9 +241,9 @@ int bench_handoff(const std::string& monitors, const std::string& quiet, int tri
 // retouch: what this machine charges for touching memory again after a quiet period, outside
 // any runtime: 256 pages touched, then per round a quiet period (sleep or compute, as
 // handoff's), then one read of each page, timed alone. A guest's page that the host has not
-// seen touched for a while can cost the first touch 100-200 us with no fault in the guest
-// (measured here, per touch: 1 in 770,000 after 1 ms of compute, 1 in 38,000 after 10 ms, 1 in
-// 6,000 after 30 ms, 1 in 3,700 after 100 ms); a hand-off that touches such a page pays it.
+// seen touched for a while can cost the first touch 100-200 us with no fault in the guest, the
+// more often the longer the quiet period (bench/RESULTS.md, the handoff section's retouch
+// table); a hand-off that touches such a page pays it.
 // Reports the worst touch per round (p50, p90, max) and how many touches of all took over 20
 // and 100 us.
 int bench_retouch(const std::string& quiet, int quiet_ms, int rounds) {

@@ -1,11 +1,12 @@
 // trace_latency.cpp — measurements of the `trace` monitor on this machine (root; not a test).
 //
-// --fifo (first argument) runs every measuring thread at SCHED_FIFO 10, like the "R" columns of
-// latency-limits.md (a loaded machine without the foreign load's interference).
+// --fifo (first argument) runs every measuring thread at SCHED_FIFO 10: the latency of a loaded
+// machine without the foreign load's interference.
 //
 //   trace_latency latency [trials=1000] [cpu=0]
 //       W (a registered M holding P 0 with lease USER and runq_len 1) and S (P 0's spare M,
-//       waiting in Ring::wait) are pinned to the same CPU, as in latency-limits.md design C.
+//       waiting in Ring::wait) are pinned to the same CPU, as the trace monitor's watcher is
+//       (DESIGN §3, §4).
 //       Per trial: W sets its lease USER, takes a CLOCK_MONOTONIC timestamp, read()s an empty
 //       pipe; S wakes from Ring::wait, takes its timestamp, consumes the event, writes W's pipe.
 //       Between trials W sleeps 100-300 us with its lease RUNTIME (no event). Prints p50/p90/
@@ -53,7 +54,7 @@ std::uint64_t now_ns() {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000u + ts.tv_nsec;
 }
 
-bool g_fifo = false;  // --fifo: every measuring thread at SCHED_FIFO 10 (latency-limits.md "R")
+bool g_fifo = false;  // --fifo: every measuring thread at SCHED_FIFO 10
 
 void pin(int cpu) {
   if (g_fifo) {

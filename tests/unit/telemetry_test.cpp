@@ -1,6 +1,6 @@
-// telemetry_test.cpp — issue 6 items 1-4 without privileges (poll monitor): exact per-P counts
-// of scripted workloads, KGMPDEBUG parsing and its exit-2 errors, the schedtrace line parsed
-// field by field, kgmp::metrics, and the stats endpoint (permissions, JSON answers, per-client
+// telemetry_test.cpp — the telemetry of DESIGN §6 without privileges (poll monitor): exact
+// per-P counts of scripted workloads, KGMPDEBUG parsing and its exit-2 errors, the schedtrace
+// line parsed field by field, kgmp::metrics, and the stats endpoint (permissions, JSON answers, per-client
 // deltas, bad requests, several clients, a client leaving mid-answer, the trace recorder).
 #include <fcntl.h>
 #include <poll.h>

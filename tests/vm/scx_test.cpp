@@ -345,7 +345,7 @@ TEST(ScxTwoProcesses, SecondFallsBackToTraceAndSaysWhy) {
 }
 
 // The runtime under scx with an unrelated CPU hog for KGMP_SCX_STRESS_S seconds (default 10;
-// the 60 with KGMP_SCX_STRESS_S=60), in a fresh process. Always: the hog is never
+// KGMP_SCX_STRESS_S=60 for a long run), in a fresh process. Always: the hog is never
 // starved (partial mode: it stays in CFS), no G is lost, the kernel never ejects the scheduler.
 // hog_cpus: where the hog spins; rt_cpu >= 0: the runtime's only CPU (-1: all). Returns the
 // runtime's log.

@@ -106,8 +106,7 @@ struct WaitList {
 
 struct alignas(64) ChanCore {
   // The lock has a cache line of its own: a G spinning on it then does not steal the line
-  // that the holder is updating (qcount, sendx, ...). Measured on chan-throughput: see
-  // bench/RESULTS.md.
+  // that the holder is updating (qcount, sendx, ...).
   Lock lock;
   alignas(64) std::atomic<std::uint32_t> refs{1};
   const ElemOps* ops;
@@ -219,10 +218,10 @@ RecvResult recv_now(ChanCore* c, void* dst, G** wake) ABSL_EXCLUSIVE_LOCKS_REQUI
 // The buffered fast paths: a send into a buffer with room and no parked receiver, or a
 // receive from a non-empty buffer with no parked sender, touches the channel alone (no G to
 // ready, none to park), so it runs without entering the runtime: the channel lock is its only
-// protection, as in Go. Entering costs a CAS on the P's lease word (DESIGN §3), which made a
-// buffered hand-over cost a third more than Go's and, on 2 Ps, let a producer fill the buffer
-// so slowly that an idle P stole its consumer back before the pair could settle on one P (Go
-// keeps them together; chan-throughput measured 6.5 vs 20.6 M msgs/s before this path).
+// protection, as in Go. Entering costs a CAS on the P's lease word (DESIGN §3): on every
+// buffered hand-over that would cost a third more than Go's, and on 2 Ps it slows a producer
+// enough that an idle P steals its consumer before the pair settles on one P (RESULTS.md,
+// chan-throughput, "Why the misses").
 // Why it is safe outside the runtime: nothing here touches a P, and the lock is never held
 // across a park; if the thread blocks while holding it (a page fault on the buffer) the P may
 // be handed off, which only delays the unlock, exactly as for any G code holding a user lock.

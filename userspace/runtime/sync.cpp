@@ -34,9 +34,9 @@
 // - Destruction (C++ has no GC, Go has): once an operation has made it possible for another G
 //   to proceed — and so to be the last user and destroy the object — it touches the object only
 //   inside a QueueLock critical section, whose destructor waits for it. Go's own order breaks
-//   this in three places, changed here: Mutex::unlock (release and pick a waiter in one CAS),
-//   WaitGroup (Go's design, not the earlier counter-then-lock one), Once (kDone stored under
-//   the queue lock instead of done-then-unlock). RWMutex::unlock lets readers in before it
+//   this in two places, changed here: Mutex::unlock (release and pick a waiter in one CAS),
+//   Once (kDone stored under the queue lock instead of done-then-unlock). WaitGroup follows
+//   Go's design, which is safe here (see WaitGroup::add). RWMutex::unlock lets readers in before it
 //   releases w_ (Go's order, needed by writers); ~RWMutex waits out that window.
 //
 // Rejected
@@ -54,11 +54,11 @@
 //   delay it. Go spins at most 4 x 30 pauses (~1 us here) and only while another P is busy and
 //   the spinner's own run queue is empty; kgmp keeps exactly that rule. Go does not check that
 //   the holder is running either: knowing it would cost a store of the owner in every lock.
-// - A queue lock that sleeps on a futex (futex.h's Lock, which the channels use): it was the
-//   first version here, and the trace monitor turned each sleep into a P handoff (ASan runs
-//   saw hundreds per test); sleeping inside the runtime instead deadlocked when the holder had
-//   been requeued by gopark's runtime entry (see QueueLock::lock_slow). A pure spin lock (the
-//   earlier WaitQueue's) cannot let a requeued holder run on one P either.
+// - A queue lock that sleeps on a futex in G code (futex.h's Lock, which the channels use):
+//   under trace every such sleep is a block the kernel reports, so it becomes a P hand-off;
+//   sleeping inside the runtime instead deadlocks when the holder was requeued by gopark's
+//   runtime entry (see QueueLock::lock_slow). A pure spin lock cannot let a requeued holder run
+//   on one P either.
 #include <sched.h>
 #include <time.h>
 
@@ -591,9 +591,12 @@ void Semaphore::release(std::int64_t n) {
 
 // ---- WaitGroup ----
 
-// Go's WaitGroup (sync/waitgroup.go). The earlier kgmp version decremented a counter and then
-// took the wait queue's lock to wake the waiters; a wait() that saw the zero in between
-// returned, and its caller could free the WaitGroup under the waker.
+// Go's WaitGroup (sync/waitgroup.go): counter and waiter count in one word. A counted waiter
+// returns only through sema_, which the add() that reaches zero releases once per waiter as its
+// last accesses (a Sema touches itself only inside its queue lock's critical section), so no
+// waiter can return and free the WaitGroup while the waker still uses it. Decrementing a
+// counter and then taking a queue lock to wake the waiters would let a wait() that saw the zero
+// in between return, and its caller free the WaitGroup under the waker.
 void WaitGroup::add(std::int64_t delta) {
   const std::uint64_t d = static_cast<std::uint64_t>(delta) << 32;
   const std::uint64_t s = state_.fetch_add(d, std::memory_order_acq_rel) + d;

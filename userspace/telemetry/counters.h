@@ -1,5 +1,5 @@
 // counters.h — the scheduler's per-P telemetry: counters, a latency histogram, time accounting
-// and the trace recorder's per-P event buffers (issue 6 item 1, DESIGN §6).
+// and the trace recorder's per-P event buffers (DESIGN §6).
 //
 // What: every P embeds one PCounters. The runtime bumps them on its own paths; the readers
 // (schedtrace, kgmp::metrics::read, the stats endpoint) take racy snapshots from other threads.
@@ -15,10 +15,10 @@
 //     on every kTrackPeriod-th transition of a G to runnable, stamped with the TSC (~7 ns a
 //     read; CLOCK_MONOTONIC costs ~16 ns here) and converted to ns once per sample. Go
 //     samples 1 in 8 (gTrackingPeriod); here one sample costs ~30 ns (two TSC reads in a VM,
-//     the conversion, the bucket), which at 1 in 8 measured +3.4 to +5.5 % on chan-pingpong
-//     and +14 % on a 30 ns yield; 1 in 32 measured within +-1.6 % and +3 to +4 % (kgmp-bench
-//     --counters both, 21 interleaved reps). So the default is 32 and KGMPDEBUG=latsample=8
-//     gives Go's rate. Busy/idle/spinning time is accounted only when the P changes state
+//     the conversion, the bucket), which at 1 in 8 costs several percent of a channel round
+//     trip and more of a yield, and at 1 in 32 stays within a few percent (bench/RESULTS.md,
+//     telemetry: the latsample sweep). So the default is 32 and KGMPDEBUG=latsample=8 gives
+//     Go's rate. Busy/idle/spinning time is accounted only when the P changes state
 //     (taken off or put on the idle list, spinning begins or ends): slow paths that already
 //     take a lock or a futex, so a nanotime() there is noise.
 //   - `counters_on` (KGMPDEBUG=counters=0 turns it off, to measure their cost) gates every

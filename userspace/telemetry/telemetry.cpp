@@ -1,5 +1,5 @@
 // telemetry.cpp — KGMPDEBUG, the counters' clock and time accounting, the trace recorder, and
-// the schedtrace thread (issue 6 items 1, 2 and the recorder of item 4).
+// the schedtrace thread (DESIGN §6).
 //
 // What:
 //   - parse_kgmpdebug: Go's GODEBUG grammar (comma-separated name=value), every error one

@@ -1,4 +1,4 @@
-// telemetry_rt.h — the runtime's entry points into userspace/telemetry (issue 6).
+// telemetry_rt.h — the runtime's entry points into userspace/telemetry (DESIGN §6).
 //
 // run() parses KGMPDEBUG (parse_kgmpdebug; a bad value is one line and exit 2, as config.cpp's
 // errors), starts the telemetry threads once the Ps and the monitor exist (telemetry_start),
