@@ -477,16 +477,9 @@ void entersyscall() {
   // Go's entersyscallblock: give the P away now; exitsyscall gets one back.
   enter_runtime();
   m = getm();
-  if (P* p = m->p) {
-    trace_event(p->id, TraceEv::kMBlock, static_cast<std::uint32_t>(m->id), m->curg->goid, 0);
-    auto l = lease_ref(p);
-    LeaseWord w = l.load(std::memory_order_relaxed);
-    owner_out(p);
-    l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, kNoHolder, KGMP_LEASE_RUNTIME),
-            std::memory_order_release);
-    p->m = nullptr;
-    m->p = nullptr;
-    __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
+  if (m->p != nullptr) {
+    trace_event(m->p->id, TraceEv::kMBlock, static_cast<std::uint32_t>(m->id), m->curg->goid, 0);
+    P* p = release_p(m, KGMP_LEASE_RUNTIME);  // owned, no holder: passed on below
     p->c.handoffs_out.add();
     trace_event(p->id, TraceEv::kHandoff, kNoHolder, 0, static_cast<std::uint64_t>(m->id));
     pass_on(p);
@@ -537,26 +530,16 @@ void start_watcher(int pi) {
   {
     LockGuard l(sched->lock);
     if (sched->stopping.load(std::memory_order_relaxed)) return;
-    M** pp = &sched->midle[static_cast<std::size_t>(pool_of(p))];
-    if (*pp != nullptr) {
-      m = *pp;
-      *pp = m->schedlink;
-      m->in_midle = false;
-    } else {
-      if (static_cast<int>(sched->allm.size()) >= sched->cfg.max_threads) {
-        sched->watcher_missing[static_cast<std::size_t>(pi)].store(true);
-        return;  // at the limit: sysmon keeps handing off by polling
-      }
-      m = new_m_locked(p);
+    m = mget_locked(p);
+    if (m == nullptr) {
+      sched->watcher_missing[static_cast<std::size_t>(pi)].store(true);
+      return;  // at the limit: sysmon keeps handing off by polling
     }
     m->watcher = true;
     m->watch_p = pi;
     m->nextp = nullptr;
   }
-  if (m->thread == pthread_t{})
-    create_thread(m);
-  else
-    m->park.wakeup();
+  resume_m(m);
 }
 
 void wake_watchers() {

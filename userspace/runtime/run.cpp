@@ -78,30 +78,39 @@ void create_thread(M* m) {
   if (err != 0) fatal("kgmp: cannot create an OS thread for an M: %s", strerror(err));
 }
 
+M* mget_locked(P* p) {
+  M*& head = sched->midle[static_cast<std::size_t>(pool_of(p))];
+  if (head != nullptr) {
+    M* m = head;
+    head = m->schedlink;
+    m->in_midle = false;
+    return m;
+  }
+  if (static_cast<int>(sched->allm.size()) >= sched->cfg.max_threads) return nullptr;
+  return new_m_locked(p);
+}
+
+void resume_m(M* m) {
+  if (m->thread == pthread_t{})
+    create_thread(m);
+  else
+    m->park.wakeup();
+}
+
 void start_m(P* p, bool spinning) {
   M* m = nullptr;
   {
     LockGuard l(sched->lock);
     if (sched->stopping.load(std::memory_order_relaxed)) return;  // no new M once main returned
-    M*& head = sched->midle[pool_of(p)];
-    if (head != nullptr) {
-      m = head;
-      head = m->schedlink;
-      m->in_midle = false;
-    } else {
-      if (static_cast<int>(sched->allm.size()) >= sched->cfg.max_threads)
-        fatal("kgmp: thread limit reached: %zu threads (Ms) exist and Config::max_threads is %d; "
-              "raise Config::max_threads or block fewer goroutines in the kernel at once",
-              sched->allm.size(), sched->cfg.max_threads);
-      m = new_m_locked(p);
-    }
+    m = mget_locked(p);
+    if (m == nullptr)
+      fatal("kgmp: thread limit reached: %zu threads (Ms) exist and Config::max_threads is %d; "
+            "raise Config::max_threads or block fewer goroutines in the kernel at once",
+            sched->allm.size(), sched->cfg.max_threads);
   }
   m->nextp = p;
   m->spinning = spinning;
-  if (m->thread == pthread_t{})
-    create_thread(m);
-  else
-    m->park.wakeup();
+  resume_m(m);
 }
 
 // ---- Ms ----

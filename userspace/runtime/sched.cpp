@@ -273,9 +273,9 @@ void acquire_p(M* m, P* p) {
   }
 }
 
-// m gives p up: the lease says IDLE with no holder. Caller: m, holding p in RUNTIME; the
-// caller puts p on the idle list (or passes it on) next.
-P* release_p(M* m) {
+// m gives p up: the lease says `state` (IDLE, or RUNTIME for a P being passed on) with no
+// holder. Caller: m, holding p in RUNTIME; the caller puts p on the idle list or passes it on.
+P* release_p(M* m, std::uint32_t state) {
   P* p = m->p;
   KGMP_CHECK(p != nullptr && p->m == m);
   auto l = lease_ref(p);
@@ -283,8 +283,7 @@ P* release_p(M* m) {
   KGMP_CHECK(KGMP_LEASE_HOLDER(w) == static_cast<std::uint32_t>(m->id) &&
              KGMP_LEASE_STATE(w) == KGMP_LEASE_RUNTIME);
   owner_out(p);
-  l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, kNoHolder, KGMP_LEASE_IDLE),
-          std::memory_order_release);
+  l.store(KGMP_LEASE_MAKE(KGMP_LEASE_SEQ(w) + 1, kNoHolder, state), std::memory_order_release);
   p->m = nullptr;
   m->p = nullptr;
   __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry

@@ -283,7 +283,7 @@ P* pidle_get(P* want) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock);
 // The idle-M list a P's Ms belong to: its own when pinned, else the one shared list.
 int pool_of(const P* p);
 void acquire_p(M* m, P* p);
-P* release_p(M* m);
+P* release_p(M* m, std::uint32_t state = KGMP_LEASE_IDLE);
 // Go's stopm: parks m, P-less, until it is handed a P, its own P is idle at a timer deadline
 // `until` (0: none), or it became its core's watcher; returns without a P once stopping.
 // Caller: m on g0.
@@ -314,6 +314,11 @@ void start_m(P* p, bool spinning);
 M* new_m_locked(P* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock);
 // Starts m's thread (fatal with one line if the system refuses).
 void create_thread(M* m);
+// Go's mget: an idle M of p's pool, else a new one; null at the thread limit. Caller: holds
+// sched->lock.
+M* mget_locked(P* p) ABSL_EXCLUSIVE_LOCKS_REQUIRED(sched->lock);
+// Runs m, just taken from mget_locked: starts its thread, or wakes it from its futex.
+void resume_m(M* m);
 // The main G returned: stop every M at its next scheduling point.
 void begin_stop();
 // Every P is idle, no G is queued and no timer is pending: unless a thread outside the runtime
