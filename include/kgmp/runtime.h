@@ -39,6 +39,7 @@
 // `kgmp::GLocal<T>` below.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <new>
@@ -67,10 +68,15 @@ struct Config {
   // exit with status 2. Turn it off when threads outside the runtime wake goroutines (for
   // example kgmp::go called from a foreign thread): the runtime cannot see them coming.
   bool detect_deadlock = true;
+  // Preemption (Go's forcePreemptNS): a G that has run on its P for longer than this slice
+  // while other Gs wait for that P stops holding it. 0 turns preemption off. Either 0 or
+  // 100 us to 10 s. The environment variable KGMP_PREEMPT_SLICE, when set, overrides this, in
+  // Go's duration syntax: "10ms", "500us", "1.5ms", "0".
+  std::chrono::nanoseconds preempt_slice = std::chrono::milliseconds(10);
 };
 
-// Checks `cfg` together with KGMP_MAXPROCS as run() would. The message names the bad value and
-// what to do about it.
+// Checks `cfg` together with KGMP_MAXPROCS, KGMP_PREEMPT_SLICE and the other KGMP_ variables as
+// run() would. The message names the bad value and what to do about it.
 absl::Status check_config(const Config& cfg = {});
 
 namespace internal {
@@ -125,10 +131,11 @@ void yield();
 
 // A preemption point (Go's asynchronous preemption, done cooperatively): a cheap check a long
 // loop that never enters the runtime may call. If the scheduler asked this G to step aside
-// (under the scx monitor: it has run > 10 ms on its P, see DESIGN §5), the request is consumed
-// and the G yields as in yield(); otherwise it returns at once. Without scx no request is ever
-// made, so it never yields: one load and a predictable branch. Every runtime entry (spawn,
-// channel operation, ...) checks the same request. Outside a G: no-op.
+// (under the scx monitor: it has run longer than Config::preempt_slice, 10 ms by default, on
+// its P, see DESIGN §5), the request is consumed and the G yields as in yield(); otherwise it
+// returns at once. Without scx, or with a slice of 0, no request is ever made, so it never
+// yields: one load and a predictable branch. Every runtime entry (spawn, channel operation,
+// ...) checks the same request. Outside a G: no-op.
 void preempt_point();
 
 namespace internal {
