@@ -561,7 +561,7 @@ def preempt_section(kgmp_binary, go_binary, runs, timeout):
                     for k, v in (metrics or {}).items():
                         cost.setdefault((case, setting), {}).setdefault(k, []).append(v)
         lines += ["", "The cost of preemption with nothing to preempt: kgmp's fib and "
-                  "chan-pingpong (above) with the default slice and with "
+                  "chan-pingpong (the cases of the same names) with the default slice and with "
                   "`KGMP_PREEMPT_SLICE=0` (off), interleaved in the same run, "
                   f"{runs} invocation(s) each; ratio = default ÷ off of the medians (> 1: "
                   "preemption costs).", "",
