@@ -17,15 +17,20 @@
 // bench/compare/run repeats by process (`--reps 1`, interleaved with the Go and Boost.Fiber
 // peers, which print the same RESULT lines), so the RESULT line is the interface, not a
 // harness's output.
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/flags/flag.h"
@@ -33,8 +38,10 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "config.h"
 #include "export_test.h"
 #include "handoff_bench.h"
 #include "kgmp/kgmp.h"
@@ -42,9 +49,12 @@
 ABSL_FLAG(int, procs, 0, "number of Ps (0: every CPU of the affinity mask)");
 ABSL_FLAG(int, reps, 5, "repetitions; the RESULT line holds their median, min and max");
 ABSL_FLAG(bool, verbose, false, "after each repetition, print the runtime's accounting to stderr");
-ABSL_FLAG(std::string, monitor, "all", "handoff, idle: the monitor(s) to measure (handoff: scx, trace, trace-sleep, poll, floor, all, or a comma-separated list; idle: trace, poll, all)");
+ABSL_FLAG(std::string, monitor, "all", "handoff, idle, preempt: the monitor(s) to measure (handoff: scx, trace, trace-sleep, poll, floor, all, or a comma-separated list; idle: trace, poll, all; preempt: scx, trace, poll, all, or a comma-separated list)");
 ABSL_FLAG(std::string, quiet, "hot", "handoff: the quiet period before each trial (hot, compute, idle)");
-ABSL_FLAG(int, trials, 0, "handoff: trials (0: 1000 for hot, 200 for compute and idle)");
+ABSL_FLAG(int, trials, 0,
+          "handoff: trials (0: 1000 for hot, 200 for compute and idle); preempt: trials (0: 200)");
+ABSL_FLAG(double, slice_ms, 10,
+          "preempt: Config::preempt_slice in ms (KGMP_PREEMPT_SLICE, when set, overrides it)");
 ABSL_FLAG(std::string, raw, "",
           "handoff: also write every trial to this file, one line each: monitor quiet "
           "t_enter_ns (CLOCK_MONOTONIC, as tracefs's trace_clock=mono) us");
@@ -369,6 +379,164 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+// ---- preempt ----
+//
+// How long a goroutine that yields waits behind one that never enters the runtime: one P; per
+// trial the main G spawns a hog that spins on a relaxed atomic load of a stop flag (no call, no
+// runtime entry), records t0, yields (the hog runs), and records t1 when it runs again, which
+// only preemption of the hog allows; the figure is t1 - t0 (the slice plus the time to act on
+// it). Then it sets stop and spin-yields until the hog is done. The same in
+// bench/compare/go/preempt.go (runtime.Gosched, atomic.LoadInt32), where sysmon preempts the
+// hog asynchronously after forcePreemptNS (10 ms). If the main G has not run again 5 s into a
+// trial (preemption missing, or turned off), a watchdog thread prints
+// "RESULT preempt monitor=M error=no-preemption" and exits 1: the benchmark never hangs.
+
+std::int64_t mono_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1000000000 + ts.tv_nsec;
+}
+
+// The q-quantile of sorted v (nearest rank below), as handoff_bench.cpp and the Go peer.
+double pct(const std::vector<double>& v, double q) {
+  return v[static_cast<std::size_t>(q * static_cast<double>(v.size() - 1))];
+}
+
+constexpr int kPreemptWarmup = 5;
+
+// Runs the trials under `monitor`; returns false (with a "# " line) if the runtime chose another.
+bool preempt_trials(const std::string& monitor, const kgmp::Config& cfg, int trials,
+                    std::vector<double>* ms) {
+  setenv("KGMP_MONITOR", monitor.c_str(), 1);
+  std::atomic<int> progress{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  bool finished = false;
+  std::thread watchdog([&] {
+    std::unique_lock<std::mutex> l(mu);
+    int seen = -1;
+    auto last = std::chrono::steady_clock::now();
+    while (!finished) {
+      cv.wait_for(l, std::chrono::milliseconds(100));
+      const int p = progress.load(std::memory_order_relaxed);
+      const auto now = std::chrono::steady_clock::now();
+      if (p != seen) {
+        seen = p;
+        last = now;
+      } else if (!finished && now - last > std::chrono::seconds(5)) {
+        printf("RESULT preempt monitor=%s error=no-preemption\n", monitor.c_str());
+        fflush(stdout);
+        fprintf(stderr,
+                "kgmp-bench preempt: monitor %s: the main goroutine waited 5 s behind a hog "
+                "that never enters the runtime (trial %d): it was not preempted\n",
+                monitor.c_str(), p / 2);
+        _exit(1);
+      }
+    }
+  });
+  std::string got;
+  kgmp::run(
+      [&] {
+        got = kgmp::monitor() != nullptr ? kgmp::monitor() : "";
+        if (got != monitor) return;
+        for (int t = 0; t < trials + kPreemptWarmup; t++) {
+          std::atomic<int> stop{0}, started{0}, done{0};
+          kgmp::go([&] {
+            started.store(1, std::memory_order_relaxed);
+            while (stop.load(std::memory_order_relaxed) == 0) {
+            }
+            done.store(1, std::memory_order_release);
+          });
+          const std::int64_t t0 = mono_ns();
+          do kgmp::yield();  // again if the hog has not run yet
+          while (started.load(std::memory_order_relaxed) == 0);
+          const std::int64_t t1 = mono_ns();
+          progress.fetch_add(1, std::memory_order_relaxed);
+          if (t >= kPreemptWarmup) ms->push_back(static_cast<double>(t1 - t0) / 1e6);
+          stop.store(1, std::memory_order_relaxed);
+          while (done.load(std::memory_order_acquire) == 0) kgmp::yield();
+          progress.fetch_add(1, std::memory_order_relaxed);
+        }
+      },
+      cfg);
+  {
+    std::lock_guard<std::mutex> l(mu);
+    finished = true;
+  }
+  cv.notify_all();
+  watchdog.join();
+  unsetenv("KGMP_MONITOR");
+  if (got != monitor) {
+    printf("# preempt: asked for monitor %s, the runtime chose %s: skipped\n", monitor.c_str(),
+           got.c_str());
+    return false;
+  }
+  return true;
+}
+
+int bench_preempt(const std::string& monitors, double slice_ms, int trials) {
+  if (trials <= 0) trials = 200;
+  if (slice_ms < 0) {
+    fprintf(stderr, "kgmp-bench preempt: --slice_ms must be >= 0\n");
+    return 2;
+  }
+  kgmp::Config cfg;
+  cfg.procs = 1;
+  cfg.preempt_slice = std::chrono::nanoseconds(static_cast<std::int64_t>(slice_ms * 1e6));
+  // The slice the runtime will use: KGMP_PREEMPT_SLICE, when set, overrides --slice_ms.
+  auto resolved = kgmp::internal::resolve_config(cfg);
+  if (!resolved.ok()) {
+    fprintf(stderr, "kgmp-bench preempt: %s\n", std::string(resolved.status().message()).c_str());
+    return 2;
+  }
+  const double eff_ms = static_cast<double>(resolved->cfg.preempt_slice.count()) / 1e6;
+  // scx is part of "all" only where sched_ext exists; a monitor the runtime cannot start
+  // (trace without BPF) is skipped under "all" and exits 3 when asked for by name.
+  const bool have_scx = access("/sys/kernel/sched_ext", F_OK) == 0;
+  const std::vector<std::string> known = {"scx", "trace", "poll"};
+  std::vector<std::string> list;
+  bool all = false;
+  for (const std::string& m : std::vector<std::string>(absl::StrSplit(monitors, ',', absl::SkipEmpty()))) {
+    if (m == "all") {
+      all = true;
+      for (const std::string& k : known)
+        if (k != "scx" || have_scx) list.push_back(k);
+    } else if (std::find(known.begin(), known.end(), m) != known.end()) {
+      list.push_back(m);
+    } else {
+      fprintf(stderr,
+              "kgmp-bench preempt: --monitor takes scx, trace, poll or all, or a "
+              "comma-separated list of them; got '%s'\n", m.c_str());
+      return 2;
+    }
+  }
+  if (list.empty()) {
+    fprintf(stderr, "kgmp-bench preempt: --monitor names no monitor\n");
+    return 2;
+  }
+  int ran = 0;
+  for (const std::string& m : list) {
+    std::vector<double> ms;
+    if (!preempt_trials(m, cfg, trials, &ms)) {
+      if (!all) {
+        printf("unsupported: monitor %s is not available here\n", m.c_str());
+        return 3;
+      }
+      continue;
+    }
+    std::sort(ms.begin(), ms.end());
+    printf("RESULT preempt monitor=%s slice_ms=%g p50_ms=%.3f p99_ms=%.3f max_ms=%.3f\n",
+           m.c_str(), eff_ms, pct(ms, 0.5), pct(ms, 0.99), ms.back());
+    fflush(stdout);
+    ran++;
+  }
+  if (ran == 0) {
+    printf("unsupported: none of the monitors asked for is available here\n");
+    return 3;
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -380,7 +548,9 @@ int main(int argc, char** argv) {
       "  idle             every G blocked for --seconds: context switches and CPU of the process\n"
       "  switch-cost      another process's pipe ping-pong, trace program detached vs attached\n"
       "  retouch          the machine's cost of touching a page again after --quiet compute|idle "
-      "of --quiet_ms, --trials rounds (0: 100)\n";
+      "of --quiet_ms, --trials rounds (0: 100)\n"
+      "  preempt          a G that yields behind a hog that never enters the runtime, one P: "
+      "--monitor scx|trace|poll|all [--slice_ms S] [--trials N] (p50_ms p99_ms max_ms)\n";
   absl::SetProgramUsageMessage(usage);
   std::vector<char*> args = absl::ParseCommandLine(argc, argv);
   if (args.size() != 2) {
@@ -397,6 +567,9 @@ int main(int argc, char** argv) {
     return kgmp_bench::bench_retouch(absl::GetFlag(FLAGS_quiet), absl::GetFlag(FLAGS_quiet_ms),
                                      rounds == 0 ? 100 : rounds);
   }
+  if (args[1] == std::string("preempt"))
+    return bench_preempt(absl::GetFlag(FLAGS_monitor), absl::GetFlag(FLAGS_slice_ms),
+                         absl::GetFlag(FLAGS_trials));
   if (args[1] == std::string("idle"))
     return kgmp_bench::bench_idle(absl::GetFlag(FLAGS_monitor), absl::GetFlag(FLAGS_seconds));
   const Case* c = nullptr;

@@ -33,6 +33,8 @@ REPO = HERE.parent.parent
 
 CASES = ["spawn", "yield", "fib", "memory", "chan-pingpong", "chan-throughput",
          "select", "mutex", "sleep"]
+# Cases with a section of their own (one invocation prints a RESULT line per monitor).
+SECTION_CASES = ["preempt"]
 
 DESCRIPTIONS = {
     "spawn": "The main goroutine spawns 1,000,000 goroutines that each only call "
@@ -110,7 +112,7 @@ def parse_args(argv):
                    help="CMake build directory holding bench/kgmp-bench and "
                         "bench/compare/boostfiber/boostfiber-bench "
                         "(default: build/release in the repository)")
-    p.add_argument("--cases", default=" ".join(CASES),
+    p.add_argument("--cases", default=" ".join(CASES + SECTION_CASES),
                    help='cases to run, space or comma separated (default: all: "%(default)s")')
     p.add_argument("--out", default=None,
                    help="Markdown file to write (default: bench/RESULTS.md in the repository)")
@@ -125,9 +127,10 @@ def parse_args(argv):
     if args.runs < 1:
         p.error("--runs must be >= 1")
     args.cases = [c for c in re.split(r"[\s,]+", args.cases) if c]
-    unknown = [c for c in args.cases if c not in CASES]
+    unknown = [c for c in args.cases if c not in CASES + SECTION_CASES]
     if unknown or not args.cases:
-        p.error(f"unknown case(s) {' '.join(unknown)}; known: {' '.join(CASES)}")
+        p.error(f"unknown case(s) {' '.join(unknown)}; known: {' '.join(CASES + SECTION_CASES)}")
+    args.table_cases = [c for c in args.cases if c in CASES]
     args.only = [k for k in args.only.split(",") if k]
     if not args.only or any(k not in ("kgmp", "go", "boost") for k in args.only):
         p.error("--only takes a comma separated subset of kgmp,go,boost")
@@ -423,7 +426,7 @@ def report(args, argv, impls, outcomes, started, info, go_version, extra=()):
         "`boostfiber-bench` (bench/compare/boostfiber); same cases, same work.",
         "",
     ]
-    for case in args.cases:
+    for case in args.table_cases:
         lines += case_table(case, impls, outcomes[case], args.runs)
     lines += list(extra)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -444,6 +447,137 @@ IDLE_RE = re.compile(r"^RESULT idle monitor=(\S+) seconds=(\d+) context_switches
 RETOUCH_RE = re.compile(r"^RESULT retouch quiet=(\S+) quiet_ms=(\d+) rounds=(\d+) pages=(\d+) "
                         r"worst_p50_us=(\S+) worst_p90_us=(\S+) worst_max_us=(\S+) "
                         r"touches_over_20us=(\d+) touches_over_100us=(\d+)")
+
+
+PREEMPT_RE = re.compile(r"^RESULT preempt monitor=(\S+)((?: \w+=\S+)*)\s*$")
+PREEMPT_METRICS = ("p50_ms", "p99_ms", "max_ms")
+# The "cost with nothing to preempt" rows: these cases, preemption on (the default slice)
+# and off (KGMP_PREEMPT_SLICE=0), kgmp/metric -> samples.
+PREEMPT_COST_CASES = ("fib", "chan-pingpong")
+
+
+def preempt_section(kgmp_binary, go_binary, runs, timeout):
+    """Runs the preempt method (bench/kgmp_bench.cpp, bench/compare/go/preempt.go) RUNS times,
+    kgmp under every monitor available and Go interleaved, then the cost of preemption with
+    nothing to preempt (fib, chan-pingpong with the default slice and with
+    KGMP_PREEMPT_SLICE=0, interleaved); returns Markdown lines."""
+    samples, slices, failures = {}, {}, {}  # who (monitor or go) -> ...
+    order = []
+    cmds = []
+    if kgmp_binary:
+        cmds.append(("kgmp", [str(kgmp_binary), "preempt", "--monitor", "all"]))
+    if go_binary:
+        cmds.append(("go", [str(go_binary), "preempt"]))
+    for run in range(1, runs + 1):
+        for impl, cmd in cmds:
+            label = " ".join(shown(c) for c in cmd)
+            try:
+                r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                   stdin=subprocess.DEVNULL)
+                out, rc, err = r.stdout, r.returncode, r.stderr
+            except subprocess.TimeoutExpired:
+                out, rc, err = "", None, f"timed out after {timeout} s"
+            got = []
+            for line in out.splitlines():
+                m = PREEMPT_RE.match(line)
+                if not m:
+                    continue
+                who = m.group(1)
+                pairs = dict(t.split("=", 1) for t in m.group(2).split())
+                if who not in order:
+                    order.append(who)
+                got.append(who)
+                if "error" in pairs:
+                    failures.setdefault(who, []).append(pairs["error"])
+                    continue
+                try:
+                    values = {k: float(pairs[k]) for k in PREEMPT_METRICS}
+                except (KeyError, ValueError):
+                    failures.setdefault(who, []).append(f"bad RESULT line: {line}")
+                    continue
+                slices[who] = pairs.get("slice_ms", "?")
+                for k, v in values.items():
+                    samples.setdefault(who, {}).setdefault(k, []).append(v)
+            if rc != 0 and not got:
+                why = first_line(err) or first_line(out) or f"exit {rc}"
+                failures.setdefault(impl, []).append(why)
+                if impl not in order:
+                    order.append(impl)
+            print(f"[preempt {run}/{runs}] {label}: "
+                  + ("; ".join(l for l in out.splitlines() if l.startswith("RESULT")) or
+                     f"FAILED ({first_line(err) or rc})"), file=sys.stderr, flush=True)
+
+    def cell(values):
+        if not values:
+            return "n/a"
+        return f"{fmt(statistics.median(values))} [{fmt(min(values))}–{fmt(max(values))}]"
+
+    go_p50 = statistics.median(samples["go"]["p50_ms"]) if "go" in samples else None
+    lines = ["## preempt: how long a goroutine waits behind one that never yields", "",
+             "One P; per trial the main goroutine starts a hog that spins on a relaxed atomic "
+             "load of a stop flag (no call, no runtime entry; Go: `atomic.LoadInt32`, which Go "
+             "≥ 1.14 preempts asynchronously), records t0, yields (`kgmp::yield()` / "
+             "`runtime.Gosched()`) and records t1 when it runs again; figure = t1 − t0, ms, "
+             "over 200 trials (after 5 warm-up ones) per invocation. kgmp: the slice is "
+             "`Config::preempt_slice` (`--slice_ms`, 10 ms by default); Go: forcePreemptNS "
+             "(10 ms, not settable). Cells: median [min–max] of each invocation's percentile "
+             f"over {runs} invocation(s). Commands: `kgmp-bench preempt --monitor all`, "
+             "`go-bench preempt`.", "",
+             "| monitor | slice ms | p50 ms | p99 ms | max ms | p50 vs Go |",
+             "|---|---|---|---|---|---|"]
+    for who in order:
+        s = samples.get(who, {})
+        vs = ""
+        if who != "go" and go_p50 and s.get("p50_ms"):
+            vs = f"{statistics.median(s['p50_ms']) / go_p50:.2f}x"
+        row = [who, slices.get(who, "–")] + [cell(s.get(k, [])) for k in PREEMPT_METRICS] + [vs]
+        if who in failures:
+            row[2] += " (" + "; ".join(dict.fromkeys(failures[who])) + \
+                      f" in {len(failures[who])} of {runs})"
+        lines.append("| " + " | ".join(row) + " |")
+
+    if kgmp_binary:
+        cost = {}  # (case, setting) -> metric -> [values]
+        for run in range(1, runs + 1):
+            for case in PREEMPT_COST_CASES:
+                settings = [("default", None), ("off", "0")]
+                if run % 2 == 0:
+                    settings.reverse()  # alternate which goes first
+                for setting, value in settings:
+                    env = dict(os.environ)
+                    env.pop("KGMP_PREEMPT_SLICE", None)
+                    if value is not None:
+                        env["KGMP_PREEMPT_SLICE"] = value
+                    cmd = [str(kgmp_binary), case, "--reps", "1"]
+                    try:
+                        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                           env=env, stdin=subprocess.DEVNULL)
+                        metrics = parse_result(r.stdout, case) if r.returncode == 0 else None
+                    except subprocess.TimeoutExpired:
+                        metrics = None
+                    print(f"[preempt cost {run}/{runs}] KGMP_PREEMPT_SLICE={value or '(unset)'} "
+                          f"{shown(cmd[0])} {case}: {metrics or 'FAILED'}", file=sys.stderr,
+                          flush=True)
+                    for k, v in (metrics or {}).items():
+                        cost.setdefault((case, setting), {}).setdefault(k, []).append(v)
+        lines += ["", "The cost of preemption with nothing to preempt: kgmp's fib and "
+                  "chan-pingpong (the cases of the same names) with the default slice and with "
+                  "`KGMP_PREEMPT_SLICE=0` (off), interleaved in the same run, "
+                  f"{runs} invocation(s) each; ratio = default ÷ off of the medians (> 1: "
+                  "preemption costs).", "",
+                  "| case | metric | default slice | off (`KGMP_PREEMPT_SLICE=0`) | default/off |",
+                  "|---|---|---|---|---|"]
+        for case in PREEMPT_COST_CASES:
+            on, off = cost.get((case, "default"), {}), cost.get((case, "off"), {})
+            for k in list(dict.fromkeys(list(on) + list(off))):
+                ratio = "n/a"
+                if on.get(k) and off.get(k) and statistics.median(off[k]):
+                    ratio = f"{statistics.median(on[k]) / statistics.median(off[k]):.3f}"
+                lines.append(f"| {case} | `{k}` | {cell(on.get(k, []))} | {cell(off.get(k, []))} "
+                             f"| {ratio} |")
+            if not on and not off:
+                lines.append(f"| {case} | – | n/a | n/a | n/a |")
+    return lines + [""]
 
 
 def handoff_section(kgmp_binary, go_binary, modes, timeout):
@@ -537,8 +671,8 @@ def main(argv):
     impls.sort(key=lambda i: ["kgmp", "go", "boost"].index(i.key))
 
     info = {}
-    outcomes = {case: {i.key: Outcome() for i in impls} for case in args.cases}
-    for case in args.cases:
+    outcomes = {case: {i.key: Outcome() for i in impls} for case in args.table_cases}
+    for case in args.table_cases:
         for run in range(1, args.runs + 1):
             for impl in impls:
                 o = outcomes[case][impl.key]
@@ -555,9 +689,12 @@ def main(argv):
     extra = []
     kg = next((i for i in impls if i.key == "kgmp"), None)
     gi = next((i for i in impls if i.key == "go"), None)
+    if "preempt" in args.cases and (kg or gi):
+        extra += preempt_section(kg.binary if kg else None, gi.binary if gi else None, args.runs,
+                                 args.timeout)
     if kg and args.handoff.split():
-        extra = handoff_section(kg.binary, gi.binary if gi else None, args.handoff.split(),
-                                args.timeout)
+        extra += handoff_section(kg.binary, gi.binary if gi else None, args.handoff.split(),
+                                 args.timeout)
     report(args, argv, impls, outcomes, started, info, go_version, extra)
     print(f"wrote {shown(args.out)}", file=sys.stderr)
 

@@ -18,8 +18,14 @@
 //   }
 //
 // As in Go, when the main G returns, run() returns and the Gs still alive are abandoned: those
-// that never started have their closure destroyed; those that did are not unwound. run() waits
-// for every M to reach a scheduling point, so a G that never yields delays it.
+// that never started have their closure destroyed; those that did are not unwound. Go then
+// exits the process; kgmp returns from run(), even while some G still runs without reaching a
+// scheduling point (a loop that never calls the runtime, or a call blocked in the kernel).
+// Such a G's thread is left behind: it goes on running that G's code on that G's stack, which
+// stays mapped, until the G next calls into kgmp (or returns); then the thread sleeps for the
+// life of the process. Each costs its thread, its stack and a few KiB, never freed; a later
+// run() is not disturbed by it. Code that such a G runs after run() returned must not use what
+// main's frame owned.
 //
 // Telemetry (Go's GODEBUG, named KGMPDEBUG; comma-separated name=value, read at each run()):
 //   KGMPDEBUG=schedtrace=1000              Go's "SCHED <ms>ms: gomaxprocs= idleprocs= ..." line
@@ -68,13 +74,15 @@ struct Config {
   // exit with status 2. Turn it off when threads outside the runtime wake goroutines (for
   // example kgmp::go called from a foreign thread): the runtime cannot see them coming.
   bool detect_deadlock = true;
-  // How long one goroutine may hold its P while others wait for that P (Go's forcePreemptNS).
-  // 0 turns preemption off. KGMP_PREEMPT_SLICE overrides it.
+  // Preemption (Go's forcePreemptNS): a G that has run on its P for longer than this slice
+  // while other Gs wait for that P stops holding it. 0 turns preemption off. Either 0 or
+  // 100 us to 10 s. The environment variable KGMP_PREEMPT_SLICE, when set, overrides this, in
+  // Go's duration syntax: "10ms", "500us", "1.5ms", "0".
   std::chrono::nanoseconds preempt_slice = std::chrono::milliseconds(10);
 };
 
-// Checks `cfg` together with KGMP_MAXPROCS as run() would. The message names the bad value and
-// what to do about it.
+// Checks `cfg` together with KGMP_MAXPROCS, KGMP_PREEMPT_SLICE and the other KGMP_ variables as
+// run() would. The message names the bad value and what to do about it.
 absl::Status check_config(const Config& cfg = {});
 
 namespace internal {
@@ -91,8 +99,9 @@ std::size_t glocal_key();
 void* glocal_get(std::size_t key, void* (*make)(), void (*destroy)(void*));
 }  // namespace internal
 
-// Runs `main` as the main G on the calling thread (M0) with the Ps and Ms of `cfg`, and returns
-// when it returns. A bad configuration prints one line naming the problem and exits with
+// Runs `main` as the main G with the Ps and Ms of `cfg`, and returns when it returns (see
+// above for the Gs still running then). The calling thread only waits: the Gs, main's
+// included, run on the runtime's own threads. A bad configuration prints one line naming the problem and exits with
 // status 2. Not reentrant: call it from outside the runtime, one run at a time.
 template <class F>
 void run(F&& main, const Config& cfg = {}) {
@@ -129,10 +138,11 @@ void yield();
 
 // A preemption point (Go's asynchronous preemption, done cooperatively): a cheap check a long
 // loop that never enters the runtime may call. If the scheduler asked this G to step aside
-// (under the scx monitor: it has run > 10 ms on its P, see DESIGN §5), the request is consumed
-// and the G yields as in yield(); otherwise it returns at once. Without scx no request is ever
-// made, so it never yields: one load and a predictable branch. Every runtime entry (spawn,
-// channel operation, ...) checks the same request. Outside a G: no-op.
+// (under the scx monitor: it has run longer than Config::preempt_slice, 10 ms by default, on
+// its P, see DESIGN §5), the request is consumed and the G yields as in yield(); otherwise it
+// returns at once. Without scx, or with a slice of 0, no request is ever made, so it never
+// yields: one load and a predictable branch. Every runtime entry (spawn, channel operation,
+// ...) checks the same request. Outside a G: no-op.
 void preempt_point();
 
 namespace internal {

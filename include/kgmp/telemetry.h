@@ -27,6 +27,8 @@ struct ProcStats {
   std::uint64_t exits = 0;         // Gs that returned on it
   std::uint64_t handoffs_out = 0;  // times it was taken from its M blocked in the kernel
   std::uint64_t handoffs_in = 0;   // of those, times another M then ran its Gs
+  std::uint64_t preemptions = 0;   // times a G on it ran past Config::preempt_slice while
+                                   // other Gs waited, and was preempted
   std::uint64_t busy_ns = 0;  // time held by an M running Gs or scheduling (not spinning)
   std::uint64_t idle_ns = 0;  // time on the idle list
   std::uint64_t spin_ns = 0;  // time held by a spinning M looking for work

@@ -67,6 +67,7 @@ Value ProcCounters(int id, long k, bool delta) {
   p.set("schedticks", 1000 * f + id);
   p.set("runs", 1200 * f + id);
   p.set("spawns", 50 * f);
+  p.set("exits", 45 * f);
   p.set("steals", 20 * f + id);
   p.set("stolen", 35 * f + id);
   p.set("handoffs_in", 2 * f);
@@ -76,6 +77,7 @@ Value ProcCounters(int id, long k, bool delta) {
   p.set("busy_ns", 800000000L * f / (id + 1));
   p.set("idle_ns", 200000000L * f);
   p.set("spin_ns", 10000000L * f);
+  p.set("preemptions", 3 * f + id);
   p.set("lat_hist", Hist(id, static_cast<int>(f)));
   return p;
 }

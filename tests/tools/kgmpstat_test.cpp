@@ -243,6 +243,12 @@ TEST_F(KgmpstatTest, JsonIsOneSnapshotWithTheProtocolFields) {
   EXPECT_EQ(v->get_int("pid"), pid);
   ASSERT_EQ(v->find("procs")->items().size(), 2u);
   EXPECT_EQ(v->find("procs")->items()[0].find("lat_hist")->items().size(), 40u);
+  for (const Value& p : v->find("procs")->items())
+    EXPECT_EQ(absl::StrJoin(kgmpstat::testing::MissingProcFields(p), " "), "");
+  ASSERT_NE(v->find("delta"), nullptr);
+  ASSERT_NE(v->find("delta")->find("procs"), nullptr);
+  for (const Value& p : v->find("delta")->find("procs")->items())
+    EXPECT_EQ(absl::StrJoin(kgmpstat::testing::MissingProcFields(p), " "), "");
   std::string f = dir_ + "/snap.json";
   std::ofstream(f) << r.out;
   ExpectPythonParses(f);
@@ -260,6 +266,10 @@ TEST_F(KgmpstatTest, PromFollowsTheExpositionFormat) {
   EXPECT_EQ(rep.types["kgmp_cpu_offcpu_seconds"], "histogram");
   EXPECT_EQ(rep.types["kgmp_proc_busy_seconds_total"], "counter");
   EXPECT_TRUE(absl::StrContains(r.out, "kgmp_proc_steals_total{proc=\"1\",cpu=\"1\"} 21\n"))
+      << r.out;
+  EXPECT_EQ(absl::StrJoin(kgmpstat::testing::MissingProcFamilies(rep), " "), "") << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "# HELP kgmp_proc_preemptions_total ")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "kgmp_proc_preemptions_total{proc=\"1\",cpu=\"1\"} 4\n"))
       << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "kgmp_proc_busy_seconds_total{proc=\"0\",cpu=\"0\"} 0.8\n"))
       << r.out;
@@ -388,6 +398,9 @@ TEST_F(KgmpstatTest, TopWithoutTerminalPrintsFrames) {
   // Rates from the delta: 21 steals of P1 over 1 s; busy 0.8 s of 1 s on P0.
   EXPECT_TRUE(absl::StrContains(r.out, "21.0")) << r.out;
   EXPECT_TRUE(absl::StrContains(r.out, "80.0")) << r.out;
+  // 4 preemptions of P1 over 1 s, in their own column.
+  EXPECT_TRUE(absl::StrContains(r.out, "PREEMPT/s")) << r.out;
+  EXPECT_TRUE(absl::StrContains(r.out, "       4.0 ")) << r.out;
 }
 
 TEST_F(KgmpstatTest, ListShowsLiveAndStaleProcesses) {
@@ -573,13 +586,17 @@ TEST_F(RealProcessTest, JsonPromHist) {
   ASSERT_NE(v->find("procs"), nullptr);
   EXPECT_EQ(static_cast<std::int64_t>(v->find("procs")->items().size()), v->get_int("gomaxprocs"));
   std::uint64_t runs = 0;
-  for (const Value& p : v->find("procs")->items()) runs += static_cast<std::uint64_t>(p.get_int("runs"));
+  for (const Value& p : v->find("procs")->items()) {
+    runs += static_cast<std::uint64_t>(p.get_int("runs"));
+    EXPECT_EQ(absl::StrJoin(kgmpstat::testing::MissingProcFields(p), " "), "");
+  }
   EXPECT_GT(runs, 100u);
   Result p = Stat({"prom", absl::StrCat(pid_)});
   ASSERT_EQ(p.rc, 0) << Show(p);
   auto rep = kgmpstat::testing::ValidateProm(p.out);
   EXPECT_TRUE(rep.errors.empty()) << absl::StrJoin(rep.errors, "\n") << "\n" << p.out;
   EXPECT_TRUE(rep.types.count("kgmp_proc_scheduling_latency_seconds")) << p.out;
+  EXPECT_EQ(absl::StrJoin(kgmpstat::testing::MissingProcFamilies(rep), " "), "") << p.out;
   Result h = Stat({"hist", absl::StrCat(pid_)});
   ASSERT_EQ(h.rc, 0) << Show(h);
   EXPECT_TRUE(absl::StrContains(h.out, "usecs")) << h.out;

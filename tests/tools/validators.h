@@ -11,6 +11,9 @@
 //                  {"traceEvents":[...],"displayTimeUnit":"ns"}, every event's required fields
 //                  per phase, ts non-decreasing per track, every B closed by an E, slices on a
 //                  track strictly nested (Perfetto rejects overlaps), names for every track.
+//   MissingProcFields / MissingProcFamilies: the per-P counters stats_protocol.h promises in
+//                  every "procs" object (and its "delta" twin), and the kgmp_proc_ counter
+//                  families prom derives from them.
 // Both return the list of problems (empty: valid) so a failing test prints all of them.
 #pragma once
 
@@ -209,6 +212,48 @@ inline PromReport ValidateProm(const std::string& text) {
   for (auto& [name, f] : fams)
     if (!f.help || !f.type) r.errors.push_back(name + ": HELP or TYPE missing");
   return r;
+}
+
+// The per-P counters of a "procs" object and of a "delta" "procs" object
+// (userspace/telemetry/stats_protocol.h), with the Prometheus counter each becomes.
+struct ProcField {
+  const char* field;
+  const char* family;
+};
+inline constexpr ProcField kProcCounters[] = {
+    {"schedticks", "kgmp_proc_schedticks_total"},
+    {"runs", "kgmp_proc_goroutine_runs_total"},
+    {"spawns", "kgmp_proc_spawns_total"},
+    {"exits", "kgmp_proc_goroutine_exits_total"},
+    {"steals", "kgmp_proc_steals_total"},
+    {"stolen", "kgmp_proc_stolen_goroutines_total"},
+    {"handoffs_in", "kgmp_proc_handoffs_received_total"},
+    {"handoffs_out", "kgmp_proc_handoffs_total"},
+    {"globrunq_takes", "kgmp_proc_global_runqueue_takes_total"},
+    {"parks", "kgmp_proc_parks_total"},
+    {"busy_ns", "kgmp_proc_busy_seconds_total"},
+    {"idle_ns", "kgmp_proc_idle_seconds_total"},
+    {"spin_ns", "kgmp_proc_spin_seconds_total"},
+    {"preemptions", "kgmp_proc_preemptions_total"},
+};
+
+// The counters `proc` (one element of "procs" or of "delta"."procs") lacks or does not carry
+// as a number.
+inline std::vector<std::string> MissingProcFields(const json::Value& proc) {
+  std::vector<std::string> missing;
+  for (const ProcField& f : kProcCounters)
+    if (const json::Value* v = proc.find(f.field); v == nullptr || !v->is_number())
+      missing.push_back(f.field);
+  return missing;
+}
+
+// The per-P counter families a prom output lacks (or has with another TYPE than counter).
+inline std::vector<std::string> MissingProcFamilies(const PromReport& r) {
+  std::vector<std::string> missing;
+  for (const ProcField& f : kProcCounters)
+    if (auto it = r.types.find(f.family); it == r.types.end() || it->second != "counter")
+      missing.push_back(f.family);
+  return missing;
 }
 
 struct TraceReport {

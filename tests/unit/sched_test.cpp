@@ -314,8 +314,7 @@ TEST(Preempt, PreemptPointWithoutARequestNeverYields) {
   EXPECT_EQ(mon, "poll");
   EXPECT_FALSE(ran_during) << "preempt_point yielded without a preemption request";
   EXPECT_TRUE(ran_after);
-  // Loose (a TCG guest runs the loop at ~30 ns per iteration): a load and a branch each.
-  EXPECT_LT(ns_per_call, 100.0) << "a preempt point should be a load and a branch";
+  // Its cost is reported, not asserted (timing belongs in benchmarks).
   std::printf("preempt_point without scx: %.2f ns per call (with the loop's own load)\n",
               ns_per_call);
 }

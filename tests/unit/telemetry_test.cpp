@@ -274,7 +274,7 @@ TEST_F(Tel, SchedtraceLineFieldByField) {
       "^SCHED (\\d+)ms: gomaxprocs=(\\d+) idleprocs=(\\d+) threads=(\\d+) spinningthreads=(\\d+) "
       "needspinning=(\\d+) idlethreads=(\\d+) runqueue=(\\d+) (\\[( \\d+)+ \\]) "
       "schedticks=(\\[( \\d+)+ \\]) monitor=(\\w+) handoffs=(\\d+) blockedthreads=(\\d+) "
-      "steals=(\\[( \\d+)+ \\]) cpus=(\\[( \\d+)+ \\])$");
+      "steals=(\\[( \\d+)+ \\]) cpus=(\\[( \\d+)+ \\]) preemptions=(\\[( \\d+)+ \\])$");
   long prev_ms = -1;
   for (const std::string& l : lines) {
     std::smatch m;
@@ -291,6 +291,7 @@ TEST_F(Tel, SchedtraceLineFieldByField) {
     EXPECT_EQ(m[13].str(), "poll");
     EXPECT_EQ(list(m[16]).size(), static_cast<std::size_t>(np));
     EXPECT_EQ(list(m[18]).size(), static_cast<std::size_t>(np));
+    EXPECT_EQ(list(m[20]).size(), static_cast<std::size_t>(np));
   }
   // The first line comes ~50 ms after the start, one every ~50 ms.
   EXPECT_GE(std::stol(lines_starting(err, "SCHED ")[0].substr(6)), 45);
@@ -327,13 +328,14 @@ TEST_F(Tel, SchedtraceDetail) {
       "^SCHED \\d+ms: gomaxprocs=1 idleprocs=\\d+ threads=\\d+ spinningthreads=\\d+ "
       "needspinning=0 idlethreads=\\d+ runqueue=\\d+ gcwaiting=false nmidlelocked=0 stopwait=0 "
       "sysmonwait=false monitor=poll handoffs=\\d+ blockedthreads=\\d+ steals=\\[ \\d+ \\] "
-      "cpus=\\[ \\d+ \\]$");
+      "cpus=\\[ \\d+ \\] preemptions=\\[ \\d+ \\]$");
   for (const auto& l : heads) EXPECT_TRUE(std::regex_match(l, head)) << l;
   auto ps = lines_starting(err, "  P");
   ASSERT_GE(ps.size(), 2u);
   EXPECT_TRUE(std::regex_match(
       ps[0], std::regex("^  P0: status=[01] schedtick=\\d+ syscalltick=0 m=(\\d+|nil) "
-                        "runqsize=\\d+ gfreecnt=\\d+ timerslen=\\d+ cpu=\\d+ .*")))
+                        "runqsize=\\d+ gfreecnt=\\d+ timerslen=\\d+ cpu=\\d+ .* "
+                        "spin_ns=\\d+ preemptions=\\d+$")))
       << ps[0];
   auto ms = lines_starting(err, "  M");
   ASSERT_FALSE(ms.empty());
@@ -370,7 +372,7 @@ TEST_F(Tel, MetricsNamesKindsAndValues) {
                          "/sched/goroutines/runnable:goroutines",
                          "/sched/goroutines/waiting:goroutines", "/sched/threads/total:threads",
                          "/sched/handoffs:events", "/sched/workers/blocked:threads",
-                         "/sched/steals:events"})
+                         "/sched/steals:events", "/sched/preemptions:events"})
     EXPECT_TRUE(names.count(go)) << go;
   std::vector<kgmp::metrics::Sample> in_run;
   kgmp::run(
@@ -481,7 +483,7 @@ TEST_F(Tel, StatsEndpoint) {
         for (const char* k : {"id", "cpu", "status", "m", "tid", "curg", "runq", "schedticks",
                               "runs", "spawns", "steals", "stolen", "handoffs_in",
                               "handoffs_out", "globrunq_takes", "parks", "busy_ns", "idle_ns",
-                              "spin_ns", "lat_hist"})
+                              "spin_ns", "preemptions", "lat_hist"})
           EXPECT_NE(p0.get(k), nullptr) << k;
         EXPECT_EQ(p0.get("lat_hist")->arr.size(),
                   static_cast<std::size_t>(kgmp::telemetry::kHistBuckets));

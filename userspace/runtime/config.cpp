@@ -1,4 +1,5 @@
-// config.cpp — Config + KGMP_MAXPROCS + the affinity mask -> the Ps to run.
+// config.cpp — Config + KGMP_MAXPROCS (and the other KGMP_ variables) + the affinity mask ->
+// the Ps to run.
 //
 // Every error is one line naming the bad value and what to do (run() prints it and exits 2).
 #include "config.h"
@@ -6,6 +7,8 @@
 #include <sched.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -26,6 +29,58 @@ std::vector<int> allowed_cpus() {
   for (int c = 0; c < CPU_SETSIZE; c++)
     if (CPU_ISSET(c, &set)) cpus.push_back(c);
   return cpus;
+}
+
+constexpr std::chrono::nanoseconds kMinSlice = std::chrono::microseconds(100);
+constexpr std::chrono::nanoseconds kMaxSlice = std::chrono::seconds(10);
+
+// Go's time.ParseDuration for one unsigned term: digits with an optional fraction ("1.5",
+// ".5", "2.") and one unit of ns, us, µs (U+00B5 or U+03BC), ms or s; or "0" alone. The
+// fraction is truncated to whole ns, as Go does. Values past kMaxSlice come back as "too long"
+// (*over = true) rather than overflowing.
+bool parse_duration(const std::string& v, std::chrono::nanoseconds* out, bool* over) {
+  *over = false;
+  if (v == "0") {
+    *out = std::chrono::nanoseconds(0);
+    return true;
+  }
+  std::size_t i = 0;
+  std::uint64_t whole = 0;
+  bool digits = false;
+  for (; i < v.size() && v[i] >= '0' && v[i] <= '9'; i++, digits = true)
+    if (whole < (std::uint64_t{1} << 40)) whole = whole * 10 + static_cast<unsigned>(v[i] - '0');
+  std::uint64_t frac = 0, scale = 1;
+  if (i < v.size() && v[i] == '.') {
+    for (i++; i < v.size() && v[i] >= '0' && v[i] <= '9'; i++, digits = true)
+      if (scale < 1000000000000000000ull) {  // digits past 10^-18 cannot change whole ns
+        frac = frac * 10 + static_cast<unsigned>(v[i] - '0');
+        scale *= 10;
+      }
+  }
+  if (!digits) return false;
+  const std::string unit = v.substr(i);
+  std::uint64_t mult;
+  if (unit == "ns") mult = 1;
+  else if (unit == "us" || unit == "\u00b5s" || unit == "\u03bcs") mult = 1000;
+  else if (unit == "ms") mult = 1000000;
+  else if (unit == "s") mult = 1000000000;
+  else return false;
+  if (whole >= (std::uint64_t{1} << 40)) {  // > 18 minutes in any unit but ns: out of range
+    *over = true;
+    return true;
+  }
+  const unsigned __int128 ns = static_cast<unsigned __int128>(whole) * mult +
+                               static_cast<unsigned __int128>(frac) * mult / scale;
+  if (ns > static_cast<unsigned __int128>(kMaxSlice.count())) {
+    *over = true;
+    return true;
+  }
+  *out = std::chrono::nanoseconds(static_cast<std::int64_t>(ns));
+  return true;
+}
+
+bool slice_ok(std::chrono::nanoseconds d) {
+  return d.count() == 0 || (d >= kMinSlice && d <= kMaxSlice);
 }
 }  // namespace
 
@@ -89,6 +144,28 @@ absl::StatusOr<Resolved> resolve_config(const Config& in) {
           "KGMP_TRACE_SPARE=\"%s\" is not a spare policy; use held (the trace monitor keeps "
           "each core's spare runnable at SCHED_IDLE) or sleep, or unset it", v));
     r.hold_spares = v == "held";
+  }
+
+  if (const char* env = std::getenv("KGMP_PREEMPT_SLICE"); env != nullptr) {
+    std::string v(env);
+    std::chrono::nanoseconds d{0};
+    bool over = false;
+    if (!parse_duration(v, &d, &over))
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "KGMP_PREEMPT_SLICE=\"%s\" is not a duration; set it to a time slice from 100us to "
+          "10s such as 10ms, 500us or 1.5ms (Go's syntax), 0 to turn preemption off, or unset it",
+          v));
+    if (over || !slice_ok(d))
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "KGMP_PREEMPT_SLICE=\"%s\" is out of range; set it to a time slice from 100us to 10s, "
+          "0 to turn preemption off, or unset it",
+          v));
+    r.cfg.preempt_slice = d;
+  } else if (!slice_ok(in.preempt_slice)) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "Config::preempt_slice=%dns is out of range; use 0 (no preemption) or 100 us (100000 "
+        "ns) to 10 s (10000000000 ns)",
+        in.preempt_slice.count()));
   }
 
   if (in.max_threads < procs)

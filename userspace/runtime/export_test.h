@@ -15,6 +15,7 @@ struct RunStats {
   std::size_t stacks_guarded = 0;
   std::size_t stacks_free = 0;  // carved stacks back in the pool at the end
   std::size_t threads = 0;      // Ms created, M0 included
+  std::size_t orphaned = 0;     // Ms left running G code when run() returned (run.cpp's reap)
   std::uint64_t handoffs = 0;   // Ps taken from blocked Ms
   std::uint64_t lease_violations = 0;  // with set_lease_check_for_test: two Ms in RUNTIME on a P
   // With set_lease_check_for_test: runtime exits that saw a P's published queue length 0 while

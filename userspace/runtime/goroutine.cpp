@@ -136,11 +136,12 @@ void* init_g(G* g, std::size_t size, std::size_t align) {
 
 G* new_g(std::size_t size, std::size_t align, void (*call)(void*), void (*destroy)(void*),
          void** closure) {
-  if (sched == nullptr)
+  M* m = getm();
+  if (m == nullptr && sched == nullptr)  // an M's G reads no global before its gate
     fatal("kgmp: kgmp::go called while no runtime runs; call it from code running under "
           "kgmp::run");
   enter_runtime();  // left in start_g (or abandon_g): one lease CAS per spawn
-  M* m = getm();
+  m = getm();
   P* p = m != nullptr ? m->p : nullptr;
   G* g = g_get(p);
   *closure = init_g(g, size, align);

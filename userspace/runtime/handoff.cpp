@@ -94,6 +94,21 @@
 // wake it only when something needs it now, and a held watcher arms the timerfd 1 ms ahead
 // rather than waking it (a wakeup then would land on the hand-off it is for).
 //
+// Preemption (trace, poll): a G that has run one slice (Config::preempt_slice) on its P while
+// work waits for that P has its P taken from it as at a block: a PREEMPT event from the P's
+// BPF slice timer, armed by exit_runtime only while work is queued or a timer is pending
+// (trace), or sysmon's slice check (poll, and trace where a P has no watcher that an event can
+// wake), CASes the lease from the USER word it saw, and the taker runs the P. The M keeps
+// running the G without a P, moved aside (move_aside): nice 10, so that the P's new M, pinned
+// to the same CPU, gets ~90 % of it, while the G still progresses to its next runtime entry,
+// where it is queued again (lost_p) and the M takes its own nice back (notice_lost); or
+// sooner, when the P goes idle (restore_aside: nothing waits for the CPU then). Never a signal
+// that switches G in the middle of C++ code (it could hold malloc's lock).
+// Rejected for the M moved aside: SCHED_IDLE, which against a busy CPU the kernel does not run
+// at all (not once in 3 s here against one spinning SCHED_OTHER thread), and nice 19, which it
+// runs about 0.1 % of the time: a G that waits for the preempted one (yielding until it sets a
+// flag, as kgmp-bench preempt does) then waits seconds.
+//
 // Preemption requests: under scx, ops.tick raises preempt[slot] when one G has run 10 ms on
 // its P; the M clears it at its next runtime entry from G code (or kgmp::preempt_point()) and
 // yields the G to the back of its P's queue (gopreempt). A request that arrives after the G
@@ -115,6 +130,7 @@
 #include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
 
@@ -156,11 +172,12 @@ constexpr std::int64_t kStaleHoldNs = 10'000'000;
 bool g_sees_blocks = false;
 // Preemption: the slice (ns, 0: off); whether the monitor's kernel side times it (trace) or
 // sysmon does (poll; trace too for a P whose watcher is held, which a PREEMPT event's wakeup
-// cannot run); whether a preempted M may be lowered to SCHED_IDLE (it can come back).
+// cannot run); whether a preempted M may be moved aside to nice 10 (it can come back).
 std::int64_t g_slice_ns = 0;
 std::int64_t g_slice_period_ns = 0;
 bool g_slice_timers = false;
 bool g_can_lower = false;
+constexpr int kAsideNice = 10;  // a preempted M's nice while it runs its G P-less
 
 class Sysmon;
 Sysmon* g_sysmon = nullptr;
@@ -197,24 +214,48 @@ bool can_leave_sched_idle() {
   return ok;
 }
 
+// Whether a thread of this process may go to nice kAsideNice and back to its own nice (tried
+// on a scratch thread: the way back needs CAP_SYS_NICE or RLIMIT_NICE).
+bool can_renice() {
+  bool ok = false;
+  std::thread t([&ok] {
+    errno = 0;
+    const int before = getpriority(PRIO_PROCESS, 0);
+    if (errno != 0 || setpriority(PRIO_PROCESS, 0, kAsideNice) != 0) return;
+    ok = setpriority(PRIO_PROCESS, 0, before) == 0;
+  });
+  t.join();
+  return ok;
+}
+
 }  // namespace
 
 // ---- the lease ----
 
 // The M in slot `holder` lost its P because its G ran past the slice: it goes on running that
 // G P-less until its next runtime entry, moved aside so that the P's new M gets the CPU (both
-// are pinned there): SCHED_IDLE, when this process may come back from it. Under scx the
+// are pinned there): nice 10, when this process may come back from it. Under scx the
 // scheduler orders the Ms itself. Caller: the taker, after its CAS won.
-static void move_aside(std::uint32_t holder) {
+static void move_aside(P* p, std::uint32_t holder) {
   M* v = holder < static_cast<std::uint32_t>(sched->cfg.max_threads) + 1
              ? sched->m_by_id[holder].load(std::memory_order_acquire)
              : nullptr;
   if (v == nullptr) return;
+  p->aside.store(v, std::memory_order_relaxed);
   v->preempted.store(true, std::memory_order_release);
   if (!g_can_lower) return;
-  sched_param sp{};
-  if (sched_setscheduler(v->tid, SCHED_IDLE, &sp) == 0)
+  errno = 0;
+  const int before = getpriority(PRIO_PROCESS, static_cast<id_t>(v->tid));
+  if (errno != 0 || before >= kAsideNice) return;
+  v->nice_before = before;  // published by the release below
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(v->tid), kAsideNice) == 0)
     v->lowered.store(true, std::memory_order_release);
+}
+
+void restore_aside(P* p) {
+  M* v = p->aside.exchange(nullptr, std::memory_order_relaxed);
+  if (v != nullptr && v->lowered.exchange(false, std::memory_order_acq_rel))
+    (void)setpriority(PRIO_PROCESS, static_cast<id_t>(v->tid), v->nice_before);
 }
 
 // m learned that its P was taken: if that was a preemption, it is back in the scheduler now,
@@ -222,7 +263,8 @@ static void move_aside(std::uint32_t holder) {
 void notice_lost(M* m) {
   if (__builtin_expect(!m->preempted.load(std::memory_order_acquire), 1)) return;
   m->preempted.store(false, std::memory_order_relaxed);
-  if (m->lowered.exchange(false, std::memory_order_acq_rel)) set_policy(SCHED_OTHER);
+  if (m->lowered.exchange(false, std::memory_order_acq_rel))
+    (void)setpriority(PRIO_PROCESS, 0, m->nice_before);  // this thread
 }
 
 bool lease_enter(M* m, P* p) {
@@ -249,7 +291,7 @@ static bool handoff_p(P* p, LeaseWord observed, std::uint32_t kind = KGMP_EV_BLO
     lease_violations.fetch_add(1, std::memory_order_relaxed);  // someone in RUNTIME under USER
   p->m = nullptr;  // the blocked M learns at its next runtime entry (its CAS fails)
   if (kind == KGMP_EV_PREEMPT) {
-    move_aside(KGMP_LEASE_HOLDER(observed));
+    move_aside(p, KGMP_LEASE_HOLDER(observed));
     p->c.preemptions.add();
   } else {
     // A P that hands off is likely to again: its next holders may ask for a held watcher.
@@ -412,9 +454,23 @@ static void check_published(P* p) {
   KGMP_DCHECK(!"the published run-queue length went stale-low: a ring change was not published");
 }
 
-void enter_runtime() {
-  M* m = getm();
-  if (m == nullptr || m->rt_depth++ > 0) return;
+std::atomic<std::uint32_t> reap_seq{0};
+
+void park_orphan(M* m) {
+  // Nothing here reads the runtime: run() may have freed it. The M, its G and the G's stack
+  // are never freed (run.cpp's teardown keeps them).
+  m->orphan.store(Orphan::kParked, std::memory_order_release);
+  reap_seq.fetch_add(1, std::memory_order_release);
+  futex_wake(&reap_seq, INT32_MAX);
+  std::atomic<std::uint32_t> forever{0};
+  for (;;) futex_wait(&forever, 0);
+}
+
+static void exit_lease(M* m);
+
+// The lease part of a runtime entry: USER -> RUNTIME, or the lost P. Caller: m, just through
+// the gate at depth 0 -> 1.
+static void enter_lease(M* m) {
   if (m->p != nullptr && lease_enter(m, m->p)) {
     if (__builtin_expect(m->p->kick_backstop, 0)) {
       // A watcher took this P: its blocked M usually comes back as the new watcher; if it has
@@ -431,9 +487,28 @@ void enter_runtime() {
   lost_p(m);
 }
 
+void enter_runtime() {
+  M* m = getm();
+  if (m == nullptr || gate_in(m) > 0) return;
+  enter_lease(m);
+}
+
+// The depth drops to 0 only at the end: the tail (hold requests, the slice timer) still reads
+// the runtime, so the reap (run.cpp) must not take this M for G code before it is done.
 void exit_runtime() {
   M* m = getm();
-  if (m == nullptr || --m->rt_depth > 0) return;
+  if (m == nullptr) return;
+  if (m->rt_depth > 1) {
+    --m->rt_depth;
+    return;
+  }
+  exit_lease(m);
+  --m->rt_depth;
+}
+
+// The lease part of a runtime exit: stores USER, then asks for what the G about to run needs
+// (a held spare, the slice timer). Caller: m, at depth 1, about to return to G code.
+static void exit_lease(M* m) {
   P* p = m->p;
   if (p == nullptr) return;  // P-less G code (kgmp::blocking under a monitor that sees blocks)
   // Never stale-low: every change the holder made to its ring is published by now. Checked in
@@ -464,6 +539,7 @@ void sysmon_kick_blocking();
 void entersyscall() {
   M* m = getm();
   if (m == nullptr || m->curg == nullptr) return;
+  gate_in(m);  // before the first store to the shared slot (an orphan parks here)
   // The time first, then the flag (release): a poller that sees in_blocking sees this section's
   // start, not the previous one's.
   __atomic_store_n(&m->sh->blocking_since_ns, static_cast<__u64>(nanotime()), __ATOMIC_RELAXED);
@@ -472,10 +548,11 @@ void entersyscall() {
   m->tstate.store(MState::kBlocked, std::memory_order_relaxed);
   if (!g_sees_blocks) {
     sysmon_kick_blocking();
+    --m->rt_depth;  // out again; the lease stayed USER (sysmon retakes the P if it must)
     return;
   }
   // Go's entersyscallblock: give the P away now; exitsyscall gets one back.
-  enter_runtime();
+  enter_lease(m);
   m = getm();
   if (m->p != nullptr) {
     trace_event(m->p->id, TraceEv::kMBlock, static_cast<std::uint32_t>(m->id), m->curg->goid, 0);
@@ -490,11 +567,12 @@ void entersyscall() {
 void exitsyscall() {
   M* m = getm();
   if (m == nullptr || m->curg == nullptr) return;
+  gate_in(m);  // before the first store to the shared slot (an orphan parks here)
   __atomic_store_n(&m->sh->in_blocking, 0u, __ATOMIC_RELEASE);
   // The CAS finds out whether the P was taken meanwhile, and gets one back (or requeues the G
   // and resumes it later, maybe on another M). nblocking drops only then, so that deadlock
   // detection never sees this G as neither blocked nor runnable.
-  enter_runtime();
+  enter_lease(m);
   sched->nblocking.fetch_sub(1, std::memory_order_seq_cst);
   m = getm();
   m->tstate.store(MState::kRunning, std::memory_order_relaxed);
@@ -996,9 +1074,12 @@ void handoff_init(bool hold_spares_wanted) {
   const Monitor::Traits& t = sched->monitor->traits;
   g_sees_blocks = t.sees_blocks;
   g_fell_back.store(false, std::memory_order_relaxed);
-  // Both held spares and moving a preempted M aside need the way back from SCHED_IDLE.
-  g_can_lower = can_leave_sched_idle();
-  sched->hold_spares = hold_spares_wanted && sched->cfg.pin && t.honours_held && g_can_lower;
+  // Held spares need the way back from SCHED_IDLE; moving a preempted M aside, from nice 10.
+  // Probed once per process: each probe is a thread.
+  static const bool can_idle = can_leave_sched_idle();
+  static const bool can_nice = can_renice();
+  g_can_lower = can_nice;
+  sched->hold_spares = hold_spares_wanted && sched->cfg.pin && t.honours_held && can_idle;
   if (t.sees_blocks) {
     sched->watcher_missing =
         std::vector<std::atomic<bool>>(static_cast<std::size_t>(sched->nprocs));

@@ -12,6 +12,52 @@
 
 namespace kgmp::internal {
 
+// ---- the orphan gate ----
+//
+// When main returns, run() abandons (orphans) every M that is running G code then, and so may
+// never reach a scheduling point (a goroutine computing, or blocked in the kernel), so that
+// run() can return (Go exits the process instead); run.cpp's reap_ms is that side. Such an M
+// must never touch the runtime again, whose memory run() frees: at its next runtime entry it
+// parks for good. The race is the entry itself, at any instant, against run() freeing what the
+// entry reads. It is an asymmetric Dekker: the M stores its depth 0 -> 1 (a plain store), then
+// reads its orphan mark, with only a compiler barrier between; run() marks it, runs
+// membarrier(2) (a full barrier on every CPU that runs one of the process's threads), then
+// reads its depth. If run() reads 0, the M's store comes after that barrier, so the M's read
+// sees the mark and it parks before touching anything else; if run() reads 1, run() waits for
+// it to park or to exit. The hot path pays one load of the M's own line.
+//
+// gate_in: the depth +1 and, at 0 -> 1, the mark's check; returns the depth before. Caller:
+// m itself, first thing at a runtime entry from G code, before anything reads the scheduler.
+[[noreturn]] void park_orphan(M* m);
+inline int gate_in(M* m) {
+  int d = m->rt_depth++;
+  if (d == 0) {
+    std::atomic_signal_fence(std::memory_order_seq_cst);
+    if (__builtin_expect(m->orphan.load(std::memory_order_relaxed) != Orphan::kNo, 0))
+      park_orphan(m);
+  }
+  return d;
+}
+// Through the gate for a short read of the runtime from G code that needs no lease (the P may
+// be taken meanwhile, as in G code): a timer's insertion, a preemption check. Caller: any
+// thread (a no-op outside the runtime's Ms).
+class GateScope {
+ public:
+  GateScope() : m_(getm()) {
+    if (m_ != nullptr) gate_in(m_);
+  }
+  ~GateScope() {
+    if (m_ != nullptr) --m_->rt_depth;
+  }
+  GateScope(const GateScope&) = delete;
+  GateScope& operator=(const GateScope&) = delete;
+
+ private:
+  M* m_;
+};
+// Bumped (and woken) each time an M parks as an orphan or exits: what reap_ms sleeps on.
+extern std::atomic<std::uint32_t> reap_seq;
+
 // Runtime entry from G code (DESIGN §3): enter_runtime CASes the lease USER -> RUNTIME at
 // depth 0 -> 1 and, if the P was taken while the M was blocked, gets a P back (its own core's
 // if idle) or requeues the G and parks the M as a spare (the G resumes later, possibly on
@@ -50,6 +96,11 @@ inline void owner_out(P* p) {
 // m learned at a runtime entry that its P was taken: undoes what a preemption did to it (its
 // thread's policy). Caller: m, P-less, in the runtime.
 void notice_lost(M* m);
+
+// p goes idle: the M last moved aside when p was preempted from it (still running its G
+// P-less) gets its own nice back, since nothing waits for the CPU now. Caller: p's holder,
+// releasing it to idle.
+void restore_aside(P* p);
 
 // The M's pending preemption request word, or null. Caller: m, any state.
 std::uint32_t* preempt_requested(M* m);

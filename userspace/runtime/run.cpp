@@ -3,16 +3,21 @@
 //
 // run_main resolves the configuration (one line and exit status 2 for a bad value), chooses
 // the monitor (scx, else trace, else poll; one log line saying which and why), lays out the Ps
-// in the memory shared with BPF, makes the calling thread M0 with P 0 and the main G on its
-// queue, and runs M0's scheduler loop. When the main G returns (begin_stop), every M stops at
-// its next scheduling point; run() joins them, gives every stack and mapping back, and returns.
-// Gs still alive are abandoned as in Go: those that never started have their closure destroyed.
+// in the memory shared with BPF, queues the main G on P 0 and starts M0, a thread of its own,
+// with P 0; the calling thread only waits, since run() must return on it whatever the Gs do.
+// When the main G returns (begin_stop), every M stops at its next scheduling point; run()
+// joins those and leaves behind (orphans) those still running G code (reap_ms; the gate that
+// makes it safe is in handoff.h), gives every stack and mapping back but the orphans', and
+// returns. Gs still alive are abandoned as in Go: those that never started have their closure
+// destroyed.
 //
 // Ms: a new M is a pthread pinned to its P's CPU (Config::pin) with an alternate signal stack
 // (the stack-overflow handler needs one) and a slot in the shared memory (its holder id in
 // lease words, the tid BPF matches). Ms are never destroyed during a run: a spare parks on its
 // futex at no cost.
 #include <errno.h>
+#include <linux/futex.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/mman.h>
@@ -155,6 +160,9 @@ static void* m_start(void* arg) {
   if (m->p != nullptr) release_p(m);
   remove_altstack(m->altstack, nullptr);
   bind_m(nullptr);
+  m->exited.store(true, std::memory_order_release);
+  reap_seq.fetch_add(1, std::memory_order_release);  // a global: m and sched may go any time now
+  futex_wake(&reap_seq, INT32_MAX);
   return nullptr;
 }
 
@@ -165,6 +173,7 @@ void begin_stop() {
     LockGuard l(sched->lock);
     sched->stopping.store(true, std::memory_order_release);
   }
+  sched->stopped.wakeup();  // run()'s thread
   wake_watchers();
   LockGuard l(sched->lock);
   for (M*& head : sched->midle) {
@@ -222,6 +231,7 @@ static std::vector<ProcStats> snapshot_procs() {
     s.exits = p.c.exits.load();
     s.handoffs_out = p.c.handoffs_out.load();
     s.handoffs_in = p.c.handoffs_in.load();
+    s.preemptions = p.c.preemptions.load();
     s.busy_ns = p.c.busy_ns.load();
     s.idle_ns = p.c.idle_ns.load();
     s.spin_ns = p.c.spin_ns.load();
@@ -232,8 +242,85 @@ static std::vector<ProcStats> snapshot_procs() {
   return v;
 }
 
-// After every M but M0 has exited: account for abandoned Gs and give all memory back.
-static void teardown(M* m0, G* main_g) {
+// ---- the reap: run() returns whatever the goroutines do ----
+
+// A full barrier on every CPU running a thread of this process (membarrier(2), private
+// expedited, registered on first use; else the global command). False if the kernel offers
+// neither (or a seccomp filter refuses it). Caller: run()'s thread, at the reap.
+static bool barrier_all_cpus() {
+  static const bool registered =
+      syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+  if (registered && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
+    return true;
+  return syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0;
+}
+
+// Waits, after main returned, until every M has either exited (from its next scheduling
+// point) or been abandoned: an M found running G code (a goroutine computing, or blocked in
+// the kernel) is marked an orphan; once it is known to see the mark at its next runtime entry
+// (the gate in handoff.h), it is left running, and run() returns without it. Returns the
+// orphans (their threads detached), having joined every other M. An M that comes back into
+// the runtime keeps being waited for until it exits or goes back to G code, which nothing
+// signals: so the wait wakes every millisecond while an M is pending. Caller: run()'s thread,
+// stopping set, the monitor stopped.
+static std::vector<M*> reap_ms() {
+  bool warned = false;
+  for (;;) {
+    const std::uint32_t seq = reap_seq.load(std::memory_order_acquire);
+    std::vector<M*> all;
+    {
+      LockGuard l(sched->lock);  // no M is created once stopping is set, but one may just have been
+      all = sched->allm;
+    }
+    bool marked = false;
+    for (M* m : all) {
+      if (m->exited.load(std::memory_order_acquire)) continue;
+      if (m->orphan.load(std::memory_order_relaxed) == Orphan::kNo && m->rt_depth.read_acquire() == 0) {
+        m->orphan.store(Orphan::kMarked, std::memory_order_relaxed);
+        marked = true;
+      }
+    }
+    const bool fenced = !marked || barrier_all_cpus();
+    std::vector<const M*> pending;
+    for (M* m : all) {
+      if (m->exited.load(std::memory_order_acquire)) continue;
+      Orphan o = m->orphan.load(std::memory_order_acquire);
+      if (o == Orphan::kParked) continue;
+      if (o == Orphan::kMarked && fenced && m->rt_depth.read_acquire() == 0) continue;
+      pending.push_back(m);
+    }
+    if (pending.empty()) break;
+    if (!fenced && !warned) {
+      warned = true;
+      fprintf(stderr,
+              "kgmp: run() waits for %zu threads still running goroutines: membarrier(2) is "
+              "unavailable (%s), so they cannot be left behind safely\n",
+              pending.size(), strerror(errno));
+    }
+    timespec ts{0, 1'000'000};
+    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&reap_seq), FUTEX_WAIT_PRIVATE, seq, &ts,
+            nullptr, 0);
+  }
+  std::vector<M*> all, orphans;
+  {
+    LockGuard l(sched->lock);
+    all = sched->allm;
+  }
+  for (M* m : all) {
+    if (m->exited.load(std::memory_order_acquire)) {
+      pthread_join(m->thread, nullptr);
+    } else {
+      pthread_detach(m->thread);
+      orphans.push_back(m);
+    }
+  }
+  return orphans;
+}
+
+// After every M has exited or been abandoned: account for abandoned Gs and give all memory
+// back, but the orphans' (their M, its signal stack, the G and its stack stay for the life of
+// the process: the thread may still run on them).
+static void teardown(G* main_g, const std::vector<M*>& orphans) {
   telemetry_free();  // every M is joined: no trace event can be written any more
   RunStats st;
   for (int i = 0; i < sched->nprocs; i++) {
@@ -247,10 +334,15 @@ static void teardown(M* m0, G* main_g) {
   st.lease_violations = lease_violations.exchange(0);
   st.stale_runq_len = stale_runq_len.exchange(0);
   st.spawned += 1 + sched->outside_spawns.load();  // the main G, and Gs from outside
+  std::vector<const G*> running;  // the orphans' Gs
+  for (M* m : orphans)
+    if (m->curg != nullptr) running.push_back(m->curg);
+  st.orphaned = orphans.size();
   stackpool.for_each_g([&](G* g) {
     GStatus s = g->status.load(std::memory_order_acquire);
     if (s == GStatus::kFree) return;
     st.abandoned++;
+    if (std::find(running.begin(), running.end(), g) != running.end()) return;
     if (!g->started && g->destroy != nullptr) g->destroy(g->closure);
     san_fiber_destroy(g);
   });
@@ -269,12 +361,11 @@ static void teardown(M* m0, G* main_g) {
   }
   last_procs = snapshot_procs();
   last_stats = st;
-  stackpool.destroy();
+  stackpool.destroy(running);
   san_fiber_destroy(main_g);
   munmap(main_g->lo - sysconf(_SC_PAGESIZE), kMainStack + sysconf(_SC_PAGESIZE));
-  remove_altstack(m0->altstack, &m0->saved_altstack);
-  if (sched->cfg.pin) sched_setaffinity(0, sizeof sched->saved_mask, &sched->saved_mask);
-  for (M* m : allm) delete m;
+  for (M* m : allm)
+    if (std::find(orphans.begin(), orphans.end(), m) == orphans.end()) delete m;
   if (sched->shared_owned) ::operator delete(sched->shared, std::align_val_t{4096});
   handoff_free();
   delete sched->monitor;  // after the shared memory it may own is no longer used
@@ -404,50 +495,34 @@ void run_main(void (*call)(void*), void* closure, const Config& cfg) {
   handoff_init(r->hold_spares);
   stackpool.init(r->cfg.stack_size, guard_budget());
   install_signal_handlers();
-  sched_getaffinity(0, sizeof sched->saved_mask, &sched->saved_mask);
 
-  M* m0 = new M();
-  m0->cpu = sched->cfg.pin ? sched->cpus[0] : -1;
-  m0->rand = 0x9e3779b97f4a7c15ULL;
-  {
-    LockGuard l(sched->lock);
-    init_m_slot(m0);
-    sched->midle.assign(static_cast<std::size_t>(sched->cfg.pin ? sched->nprocs : 1), nullptr);
-    sched->allm.push_back(m0);
-    sched->mcount.store(1, std::memory_order_release);
-    for (int i = sched->nprocs - 1; i >= 1; i--) pidle_put(&sched->allp[i]);
-  }
-  m_init_thread(m0);
-  m0->thread = pthread_self();
-  acquire_p(m0, &sched->allp[0]);
+  // M0 is a thread of its own with P 0 and the main G queued: the calling thread only waits,
+  // so that run() can return on it whatever a goroutine is doing then.
+  M* m0;
   G* main_g = make_main_g(call, closure);
   sched->main_g = main_g;
   main_g->status.store(GStatus::kRunnable, std::memory_order_relaxed);
-  runq_put(m0->p, main_g, false);
+  {
+    LockGuard l(sched->lock);
+    sched->midle.assign(static_cast<std::size_t>(sched->cfg.pin ? sched->nprocs : 1), nullptr);
+    m0 = new_m_locked(&sched->allp[0]);
+    for (int i = sched->nprocs - 1; i >= 1; i--) pidle_put(&sched->allp[i]);
+  }
+  m0->rand = 0x9e3779b97f4a7c15ULL;
+  runq_put(&sched->allp[0], main_g, false);  // no M runs yet: nobody else touches P 0's ring
   sched->monitor->start();
   telemetry_start(*dbg);
   handoff_start_run();
+  m0->nextp = &sched->allp[0];
+  create_thread(m0);
 
-  m_loop(m0);
+  while (!sched->stopping.load(std::memory_order_acquire)) sched->stopped.sleep();
 
   telemetry_stop();  // its threads read the Ms and the shared memory: before they go
   sched->monitor->stop();
   handoff_stop_run();
-
-  if (m0->p != nullptr) release_p(m0);
-  // Join every M but M0; none is created once stopping is set (start_m), but one may have been
-  // created just before, so re-read the list until it is stable.
-  for (std::size_t joined = 1;;) {
-    std::vector<M*> others;
-    {
-      LockGuard l(sched->lock);
-      others.assign(sched->allm.begin() + static_cast<std::ptrdiff_t>(joined), sched->allm.end());
-    }
-    if (others.empty()) break;
-    for (M* m : others) pthread_join(m->thread, nullptr);
-    joined += others.size();
-  }
-  teardown(m0, main_g);
+  std::vector<M*> orphans = reap_ms();
+  teardown(main_g, orphans);
 }
 
 RunStats last_run_stats() { return last_stats; }

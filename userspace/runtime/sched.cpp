@@ -287,6 +287,8 @@ P* release_p(M* m, std::uint32_t state) {
   p->m = nullptr;
   m->p = nullptr;
   __atomic_store_n(&m->sh->p, KGMP_NO_P, __ATOMIC_RELAXED);  // read by BPF and telemetry
+  if (state == KGMP_LEASE_IDLE && __builtin_expect(p->aside.load(std::memory_order_relaxed) != nullptr, 0))
+    restore_aside(p);
   return p;
 }
 
@@ -749,10 +751,11 @@ void gopark(void (*unlockf)(void*), void* arg, const char* reason) {
     fatal("kgmp: a goroutine primitive was used outside a goroutine (%s); call it from code "
           "running under kgmp::run",
           reason);
+  const bool from_g = gate_in(m) == 0;  // an orphan parks in there
   m->curg->waitreason = reason;
   m->unlockf = unlockf;
   m->unlock_arg = arg;
-  if (m->rt_depth++ == 0) {
+  if (from_g) {
     // Entering the runtime to park. Callers usually hold the lock unlockf releases, so if the
     // P was handed off meanwhile the G must not wait for a P with it (lost_p's requeue): it
     // parks right away, P-less, on g0, which releases the lock; the M then waits as a spare.
@@ -810,7 +813,12 @@ void preempt_point() {
   using namespace internal;
   M* m = getm();
   if (m == nullptr || m->curg == nullptr || m->rt_depth != 0) return;
-  if (__builtin_expect(preempt_requested(m) == nullptr, 1)) return;
+  bool requested;
+  {
+    GateScope gs;  // before preempt_requested reads the runtime (an orphan parks here)
+    requested = preempt_requested(m) != nullptr;
+  }
+  if (__builtin_expect(!requested, 1)) return;
   RuntimeScope rs;  // its entry consumes the request (after a lost P: the next entry does)
 }
 

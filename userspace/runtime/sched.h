@@ -126,6 +126,9 @@ struct alignas(64) P {
   // may already have let the next holder in) and by handoff_p's winner: atomic (relaxed).
   std::atomic<std::uint32_t> hold_credit{0};
   bool kick_backstop = false;  // a watcher took it: check at the next runtime entry (holder)
+  // The M last moved aside when this P was preempted from it (handoff.cpp): given its own nice
+  // back when the P goes idle, since nothing waits for the CPU then. Written by the taker.
+  std::atomic<M*> aside{nullptr};
   // Its core's BPF foreign_ns at the last hold request. Written in exit_runtime after the
   // lease says USER, where a hand-off may already let the next holder in: atomic (relaxed).
   std::atomic<std::uint64_t> foreign_seen{0};
@@ -146,6 +149,37 @@ inline constexpr std::uint32_t kNoHolder = 0xffff;
 // An M's state as telemetry shows it (stats "ms[].state", scheddetail's M lines).
 enum class MState : std::uint8_t { kRunning = 0, kSpinning, kIdle, kBlocked, kWatcher };
 
+// An int written only by its owner thread and read racily by others: the owner's ++ and -- are
+// a plain load and store (no locked instruction), readers see some value it held.
+class OwnedInt {
+ public:
+  explicit OwnedInt(int v) : v_(v) {}
+  operator int() const { return v_.load(std::memory_order_relaxed); }  // the owner's read
+  OwnedInt& operator=(int v) {
+    v_.store(v, std::memory_order_relaxed);
+    return *this;
+  }
+  int operator++(int) {
+    int v = v_.load(std::memory_order_relaxed);
+    v_.store(v + 1, std::memory_order_relaxed);
+    return v;
+  }
+  int operator--() {
+    int v = v_.load(std::memory_order_relaxed) - 1;
+    v_.store(v, std::memory_order_release);  // release: a reader that sees 0 sees the G code's
+    return v;                                // context (curg) it returned to
+  }
+  int read_acquire() const { return v_.load(std::memory_order_acquire); }  // another thread
+
+ private:
+  std::atomic<int> v_;
+};
+
+// Whether an M was abandoned by the run() that made it (run.cpp's reap): kNo, kMarked once
+// run() found it running G code after main returned, kParked once it has parked for good at
+// its next runtime entry.
+enum class Orphan : std::uint8_t { kNo = 0, kMarked, kParked };
+
 // A G-sized stand-in for an M's native stack, so that one switch routine serves G<->G and
 // G<->g0.
 struct M {
@@ -157,14 +191,19 @@ struct M {
   // (enter_runtime/exit_runtime). It belongs to the context, not the thread: switch_to saves
   // it in the G switched away from and restores the resumed one's, since a G parked at depth 2
   // (a channel operation's scope around gopark) leaves the runtime twice when it resumes.
-  int rt_depth = 1;
+  // Written by the M only; read by run()'s reap (gate_in in handoff.h has the protocol).
+  OwnedInt rt_depth{1};
+  std::atomic<Orphan> orphan{Orphan::kNo};  // set by run()'s reap, read at every entry
+  std::atomic<bool> exited{false};          // its thread returned from m_start (run.cpp)
   __u64 lease_expect = 0;  // the USER lease word it stored last
   bool requeue_lost = false;  // the G of a kRequeue was running when its P was handed off
   // Preemption (handoff.cpp): its P was taken because its G ran past the slice (set by the
   // taker before the CAS's winner runs the P; read by this M at its next runtime entry), and
-  // whether the taker lowered this thread to SCHED_IDLE (this M restores SCHED_OTHER).
+  // whether the taker moved this thread aside to nice 10 (this M, or the P going idle,
+  // restores its nice).
   std::atomic<bool> preempted{false};
   std::atomic<bool> lowered{false};
+  int nice_before = 0;  // its nice before the taker lowered it (published by `lowered`)
   bool watcher = false;       // waits on P watch_p's event source (Monitor::wait) for it
   int watch_p = -1;
   pid_t tid = 0;
@@ -208,6 +247,7 @@ struct Sched {
   std::vector<M*> midle ABSL_GUARDED_BY(lock);  // one list head per pool
   std::vector<M*> allm ABSL_GUARDED_BY(lock);
   std::atomic<bool> stopping{false};
+  Note stopped;  // woken with stopping set: run()'s thread waits on it
   std::atomic<int> mcount{0};  // Ms created (allm.size(), readable without the lock)
   std::int64_t start_ns = 0;   // nanotime() at run() start
   std::atomic<std::uint64_t> goid_gen{2};  // the next goid to hand out (the main G is 1)
@@ -235,7 +275,6 @@ struct Sched {
   // Per P: no watcher M waits on that P's event source (monitors with watchers only).
   std::vector<std::atomic<bool>> watcher_missing;
   std::vector<int> cpus;  // CPU of each P (the affinity mask's CPUs, in order)
-  cpu_set_t saved_mask{};  // M0's affinity before run()
 };
 
 extern Sched* sched;

@@ -31,9 +31,27 @@ void StackPool::init(std::size_t usable, std::size_t guard_budget) {
   guard_budget_ = guard_budget;
 }
 
-void StackPool::destroy() {
+void StackPool::destroy(const std::vector<const G*>& keep) {
   LockGuard l(lock_);
-  for (const Chunk& c : chunks_) munmap(c.map, c.bytes);
+  for (const Chunk& c : chunks_) {
+    // The slots to keep in this chunk, as [start, end) ranges in address order; the rest of
+    // the mapping is unmapped around them.
+    std::vector<std::pair<char*, char*>> kept;
+    for (const G* g : keep) {
+      const char* a = reinterpret_cast<const char*>(g);
+      if (a < c.base || a >= c.base + c.slots * slot_) continue;
+      std::size_t i = static_cast<std::size_t>(a - c.base) / slot_;
+      kept.emplace_back(c.base + i * slot_, c.base + (i + 1) * slot_);
+    }
+    std::sort(kept.begin(), kept.end());
+    char* from = c.map;
+    for (const auto& [lo, hi] : kept) {
+      if (lo > from) munmap(from, static_cast<std::size_t>(lo - from));
+      from = std::max(from, hi);
+    }
+    char* end = c.map + c.bytes;
+    if (end > from) munmap(from, static_cast<std::size_t>(end - from));
+  }
   chunks_.clear();
   free_.clear();
   free_.shrink_to_fit();

@@ -4,7 +4,8 @@
 // A first touch of a page costs about 3 us on the development machine (against ~100 ns for a
 // whole spawn), so stacks are reused hot: each P keeps a LIFO of free Gs (a G header sits at
 // the top of its stack, so a free G *is* a free stack), refilled from and spilled to a global
-// LIFO in batches. Memory is given back only when run() ends.
+// LIFO in batches. Memory is given back only when run() ends, but for the stacks of Gs still
+// running on Ms that run() left behind (run.cpp's reap), which stay mapped.
 //
 // Overflow detection
 // - Guard pages while the mapping budget allows: each guarded stack costs two of the kernel's
@@ -37,8 +38,10 @@ class StackPool {
  public:
   // usable: bytes of stack per G (a multiple of the page size).
   void init(std::size_t usable, std::size_t guard_budget);
-  // Unmaps everything. The caller guarantees no G runs.
-  void destroy();
+  // Unmaps everything but the slots of the Gs in keep (Gs of abandoned Ms that still run on
+  // their stacks: those slots stay mapped for the life of the process). The caller guarantees
+  // that no other G runs.
+  void destroy(const std::vector<const G*>& keep);
 
   // Takes up to n free Gs into out, hottest first; returns how many (at least 1: when none is
   // free, up to 8 fresh ones are carved, mapping a new chunk if needed).

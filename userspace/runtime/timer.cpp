@@ -7,6 +7,7 @@
 
 #include "kgmp/chan.h"
 #include "kgmp/time.h"
+#include "handoff.h"
 #include "sched.h"
 
 namespace kgmp {
@@ -70,6 +71,7 @@ void publish(P* p, TimerHeap& th) ABSL_EXCLUSIVE_LOCKS_REQUIRED(th.lock) {
 }  // namespace
 
 void add_timer(Timer* t, std::int64_t when) {
+  GateScope gs;  // from G code too (kgmp::Timer): an orphan parks here
   M* m = getm();
   P* p = m != nullptr && m->p != nullptr ? m->p : &sched->allp[0];
   TimerHeap& th = p->timers;

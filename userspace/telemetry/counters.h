@@ -111,8 +111,8 @@ struct PCounters {
   Counter parks;         // times its M parked (idle) on a futex
   Counter handoffs_out;  // times it was taken from its blocked M (given; always counted)
   Counter handoffs_in;   // of those, times a new M took it and ran its Gs (received)
-  Counter preemptions;   // times it was taken from an M whose G ran longer than the slice
-                         // (written by the taker, like handoffs_out)
+  Counter preemptions;   // times a G running on it was preempted: it ran longer than
+                         // Config::preempt_slice while other Gs waited for this P
   Counter busy_ns, idle_ns, spin_ns;
   Hist lat;              // runnable -> running, ns, sampled 1 in track_mask + 1
   Hist handoff_lat;      // a block the kernel reported -> its P taken by another M, ns

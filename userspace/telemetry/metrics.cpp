@@ -144,6 +144,11 @@ const std::vector<Entry>& table() {
           [](const Snapshot& s) { return sum_procs(s, [](const P& p) { return p.steals; }); }),
       u64("/sched/steals/stolen:goroutines", true, "Count of goroutines taken by steals.",
           [](const Snapshot& s) { return sum_procs(s, [](const P& p) { return p.stolen; }); }),
+      u64("/sched/preemptions:events", true,
+          "Count of times a goroutine that ran longer than the preemption slice "
+          "(Config::preempt_slice, KGMP_PREEMPT_SLICE) while others waited for its P was "
+          "preempted, over every P.",
+          [](const Snapshot& s) { return sum_procs(s, [](const P& p) { return p.preemptions; }); }),
       u64("/sched/runqueue/global-takes:goroutines", true,
           "Count of goroutines Ps took from the global run queue.",
           [](const Snapshot& s) { return sum_procs(s, [](const P& p) { return p.globtakes; }); }),

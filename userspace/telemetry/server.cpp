@@ -87,7 +87,7 @@ void proc_counters(JsonOut& o, const ProcSnap& p, const ProcSnap* b) {
       .kv("handoffs_in", d(&ProcSnap::handoffs_in)).kv("handoffs_out", d(&ProcSnap::handoffs_out))
       .kv("globrunq_takes", d(&ProcSnap::globtakes)).kv("parks", d(&ProcSnap::parks))
       .kv("busy_ns", d(&ProcSnap::busy_ns)).kv("idle_ns", d(&ProcSnap::idle_ns))
-      .kv("spin_ns", d(&ProcSnap::spin_ns));
+      .kv("spin_ns", d(&ProcSnap::spin_ns)).kv("preemptions", d(&ProcSnap::preemptions));
   hist(o, "lat_hist", p.lat, b ? b->lat : nullptr);
   hist(o, "handoff_lat_hist", p.handoff_lat, b ? b->handoff_lat : nullptr);
 }
@@ -225,6 +225,7 @@ std::string meta_resp() {
       {"busy_ns", "counter", "ns", "time held by a running M"},
       {"idle_ns", "counter", "ns", "time on the idle list"},
       {"spin_ns", "counter", "ns", "time held by a spinning M"},
+      {"preemptions", "counter", "events", "goroutines preempted on this P after their slice"},
       {"lat_hist", "histogram", "ns", "runnable -> running latency, 1 in 32 sampled (KGMPDEBUG=latsample)"},
       {"handoff_lat_hist", "histogram", "ns", "kernel-reported block of the P's M -> P taken by another M"},
   });

@@ -119,6 +119,7 @@ Snapshot take_snapshot() {
     ps.busy_ns = c.busy_ns.load();
     ps.idle_ns = c.idle_ns.load();
     ps.spin_ns = c.spin_ns.load();
+    ps.preemptions = c.preemptions.load();
     if (counters_on) {  // the open interval of the current state
       std::int64_t since = c.since.load(std::memory_order_relaxed);
       std::uint64_t open = s.now_ns > since ? static_cast<std::uint64_t>(s.now_ns - since) : 0;

@@ -32,7 +32,7 @@ struct ProcSnap {
   std::uint32_t runq = 0;
   std::uint64_t schedticks = 0, runs = 0, spawns = 0, exits = 0, steals = 0, stolen = 0,
                 handoffs_in = 0, handoffs_out = 0, globtakes = 0, parks = 0, busy_ns = 0,
-                idle_ns = 0, spin_ns = 0;
+                idle_ns = 0, spin_ns = 0, preemptions = 0;
   std::uint64_t lat[kHistBuckets] = {};
   std::uint64_t handoff_lat[kHistBuckets] = {};
 };

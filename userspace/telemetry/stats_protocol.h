@@ -54,8 +54,8 @@
 //   "handoffs",
 //   "procs":[{"id","cpu","status":"running|idle|handoff","m","tid","curg","runq","schedticks",
 //             "runs","spawns","exits","steals","stolen","handoffs_in","handoffs_out",
-//             "globrunq_takes","parks","busy_ns","idle_ns","spin_ns","lat_hist":[..],
-//             "handoff_lat_hist":[..]}],
+//             "globrunq_takes","parks","busy_ns","idle_ns","spin_ns","preemptions",
+//             "lat_hist":[..],"handoff_lat_hist":[..]}],
 //   "cores":[{"cpu","p","m_blocks","ctx_switches","runq_wait_ns","foreign_ns",
 //             "offcpu_hist":[..],"wake_lat_hist":[..]}],
 //   "ms":[{"id","tid","p","cpu","state":"running|spinning|idle|blocked|watcher","curg",
@@ -70,6 +70,8 @@
 // P was taken from its blocked M, "handoffs_in" those after which a new M ran it (the others
 // left it idle). "handoff_lat_hist": for each hand-off driven by a kernel report (trace, scx),
 // the time from the kernel's switch-out of the blocked M to the CAS that took its P.
+// "preemptions" counts the Gs preempted on the P: they ran longer than the slice
+// (Config::preempt_slice, KGMP_PREEMPT_SLICE; 0 turns it off) while other Gs waited for it.
 // "lat_hist" samples one transition in 32 (KGMPDEBUG=latsample=N; Go's
 // gTrackingPeriod is 8). With
 // KGMPDEBUG=counters=0 every per-P counter reads 0 except schedticks (= runs), spawns, exits

@@ -306,6 +306,8 @@ void append_ours(std::string& out, const Snapshot& s) {
   bracket(out, s.procs, [](const ProcSnap& p) { return p.steals; });
   out += " cpus=";
   bracket(out, s.procs, [](const ProcSnap& p) { return p.cpu; });
+  out += " preemptions=";
+  bracket(out, s.procs, [](const ProcSnap& p) { return p.preemptions; });
 }
 
 int go_gstatus(GStatus st, bool in_syscall) {
@@ -348,12 +350,12 @@ std::string schedtrace_text(bool detailed) {
     absl::StrAppendFormat(
         &out, "  P%d: status=%d schedtick=%u syscalltick=0 m=%s runqsize=%u gfreecnt=%d "
               "timerslen=%u cpu=%d state=%s curg=%s steals=%u stolen=%u handoffs_in=%u "
-              "handoffs_out=%u busy_ns=%u idle_ns=%u spin_ns=%u\n",
+              "handoffs_out=%u busy_ns=%u idle_ns=%u spin_ns=%u preemptions=%u\n",
         p.id, std::strcmp(p.status, "idle") == 0 ? 0 : 1, p.schedticks,
         p.m < 0 ? std::string("nil") : absl::StrCat(p.m), p.runq,
         __atomic_load_n(&pp->ngfree, __ATOMIC_RELAXED), timers, p.cpu, p.status,
         p.curg == 0 ? std::string("nil") : absl::StrCat(p.curg), p.steals, p.stolen,
-        p.handoffs_in, p.handoffs_out, p.busy_ns, p.idle_ns, p.spin_ns);
+        p.handoffs_in, p.handoffs_out, p.busy_ns, p.idle_ns, p.spin_ns, p.preemptions);
   }
   std::map<std::uint64_t, int> m_of_g;
   for (const MSnap& m : s.ms) {

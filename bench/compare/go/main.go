@@ -87,6 +87,15 @@ func run(args []string) int {
 		}
 		return runHandoff(*quiet, *trials)
 	}
+	if args[0] == "preempt" {
+		fs := flag.NewFlagSet(prog, flag.ContinueOnError)
+		trials := fs.Int("trials", 0, "trials (0: 200)")
+		if err := fs.Parse(args[1:]); err != nil {
+			fmt.Fprintf(os.Stderr, "%s: %v\n", prog, err)
+			return 2
+		}
+		return runPreempt(*trials)
+	}
 	bc := findCase(args[0])
 	if bc == nil {
 		fmt.Fprintf(os.Stderr, "%s: unknown case %q (cases: %s)\n", prog, args[0], caseNames())

@@ -74,6 +74,8 @@ Subcommands
         STEAL/s  successful steals by this P from others, per second
         HOFF/s   hand-offs: times per second this P was taken from its M because the M
                  blocked in the kernel (what the monitor exists for)
+        PREEMPT/s  goroutines preempted on this P per second: they ran longer than the
+                 preemption slice (KGMP_PREEMPT_SLICE, 10ms) while others waited for it
         P99LAT   99th percentile scheduling latency (runnable -> running) over the interval;
                  power-of-two buckets, so "<16.4us" means under 2^14 ns
         BUSY%    time the P ran goroutines;  BLKD%  time its M was blocked in the kernel

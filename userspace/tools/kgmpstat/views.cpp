@@ -102,9 +102,10 @@ std::string RenderTop(const Value& snap, int pid, const std::string& comm) {
   if (snap.get_string("counters", "on") == "off")
     out += "counters=off (KGMPDEBUG=counters=0): per-P rates, latency and busy time read 0\n";
   out += "\n";
-  absl::StrAppendFormat(&out, "%-4s %-3s %-4s %-8s %-9s %-8s %5s %8s %7s %9s %6s %6s %-7s\n",
+  absl::StrAppendFormat(&out,
+                        "%-4s %-3s %-4s %-8s %-9s %-8s %5s %8s %7s %10s %9s %6s %6s %-7s\n",
                         "CORE", "P", "M", "TID", "STATE", "CURG", "RUNQ", "STEAL/s", "HOFF/s",
-                        "P99LAT", "BUSY%", "BLKD%", "MONITOR");
+                        "PREEMPT/s", "P99LAT", "BUSY%", "BLKD%", "MONITOR");
 
   struct Row {
     std::int64_t cpu;
@@ -157,6 +158,10 @@ std::string RenderTop(const Value& snap, int pid, const std::string& comm) {
         hoffs = rate(dp->get_double(k));
         break;
       }
+    // Preemptions of Gs on this P (servers before preemption do not send the field).
+    std::string preempts = dp != nullptr && dp->find("preemptions") != nullptr
+                               ? rate(dp->get_double("preemptions"))
+                               : "-";
     std::string p99 = "-";
     if (dp != nullptr && dp->find("lat_hist") != nullptr) {
       std::uint64_t q = HistQuantileNs(*dp->find("lat_hist"), 0.99);
@@ -166,12 +171,12 @@ std::string RenderTop(const Value& snap, int pid, const std::string& comm) {
                            ? pct(dp->get_double("busy_ns"))
                            : "-";
     rows.push_back(
-        {cpu, absl::StrFormat("%-4s %-3d %-4s %-8s %-9s %-8s %5d %8s %7s %9s %6s %6s %-7s\n",
+        {cpu, absl::StrFormat("%-4s %-3d %-4s %-8s %-9s %-8s %5d %8s %7s %10s %9s %6s %6s %-7s\n",
                               cpu >= 0 ? absl::StrCat(cpu) : "-", id,
                               m >= 0 ? absl::StrCat("M", m) : "-",
                               tid > 0 ? absl::StrCat(tid) : "-", state,
                               curg > 0 ? absl::StrCat("G", curg) : "-", p.get_int("runq"), steals,
-                              hoffs, p99, busy, blocked(cpu, dp), monitor)});
+                              hoffs, preempts, p99, busy, blocked(cpu, dp), monitor)});
   }
   // Cores the runtime's Ms ran on without a P of their own (per-core BPF data only).
   if (cores != nullptr)
@@ -179,8 +184,8 @@ std::string RenderTop(const Value& snap, int pid, const std::string& comm) {
       std::int64_t cpu = c.get_int("cpu", -1);
       if (cpu < 0 || cpus_with_p.count(cpu)) continue;
       rows.push_back({cpu, absl::StrFormat(
-                               "%-4d %-3s %-4s %-8s %-9s %-8s %5s %8s %7s %9s %6s %6s %-7s\n", cpu,
-                               "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
+                               "%-4d %-3s %-4s %-8s %-9s %-8s %5s %8s %7s %10s %9s %6s %6s %-7s\n",
+                               cpu, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-",
                                blocked(cpu, nullptr), monitor)});
     }
   // By core (rows without one last), ties in P order. (std::sort with an explicit tie-break:
@@ -309,6 +314,9 @@ constexpr FieldMetric kProc[] = {
     {"globrunq_takes", "global_runqueue_takes_total", "counter", false,
      "Goroutines the P took from the global run queue."},
     {"parks", "parks_total", "counter", false, "Times the P's M parked with nothing to run."},
+    {"preemptions", "preemptions_total", "counter", false,
+     "Goroutines preempted on the P: they ran longer than the preemption slice while others "
+     "waited for it."},
     {"runq", "runqueue_goroutines", "gauge", false, "Goroutines in the P's local run queue."},
     {"busy_ns", "busy_seconds_total", "counter", true, "Time the P ran goroutines."},
     {"idle_ns", "idle_seconds_total", "counter", true, "Time the P was idle."},
