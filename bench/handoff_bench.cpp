@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "handoff_bench.h"
 #include "kgmp/kgmp.h"
@@ -189,6 +190,32 @@ std::vector<Trial> floor_trials(int trials) {
 
 }  // namespace
 
+bool parse_monitors(const char* name, const std::string& monitors,
+                    const std::vector<std::string>& known, std::vector<std::string>* list,
+                    bool* all) {
+  // scx is part of "all" only where sched_ext exists (vm-test/run boots such a kernel).
+  const bool have_scx = access("/sys/kernel/sched_ext", F_OK) == 0;
+  *all = false;
+  for (const std::string& m : std::vector<std::string>(absl::StrSplit(monitors, ',', absl::SkipEmpty()))) {
+    if (m == "all") {
+      *all = true;
+      for (const std::string& k : known)
+        if (k != "scx" || have_scx) list->push_back(k);
+    } else if (std::find(known.begin(), known.end(), m) != known.end()) {
+      list->push_back(m);
+    } else {
+      fprintf(stderr, "kgmp-bench %s: --monitor takes %s or all, or a comma-separated list of "
+              "them; got '%s'\n", name, absl::StrJoin(known, ", ").c_str(), m.c_str());
+      return false;
+    }
+  }
+  if (list->empty()) {
+    fprintf(stderr, "kgmp-bench %s: --monitor names no monitor\n", name);
+    return false;
+  }
+  return true;
+}
+
 int bench_handoff(const std::string& monitors, const std::string& quiet, int trials,
                   const std::string& raw_path) {
   if (quiet != "hot" && quiet != "compute" && quiet != "idle") {
@@ -197,27 +224,10 @@ int bench_handoff(const std::string& monitors, const std::string& quiet, int tri
   }
   if (trials <= 0) trials = quiet == "hot" ? 1000 : 200;
   std::vector<std::string> list;
-  // scx is part of "all" only where sched_ext exists (vm-test/run boots such a kernel).
-  const bool have_scx = access("/sys/kernel/sched_ext", F_OK) == 0;
-  const std::vector<std::string> known = {"scx", "trace", "trace-sleep", "poll", "floor"};
-  const std::vector<std::string> asked = absl::StrSplit(monitors, ',', absl::SkipEmpty());
-  for (const std::string& m : asked) {
-    if (m == "all") {
-      for (const std::string& k : known)
-        if (k != "scx" || have_scx) list.push_back(k);
-    } else if (std::find(known.begin(), known.end(), m) != known.end()) {
-      list.push_back(m);
-    } else {
-      fprintf(stderr,
-              "kgmp-bench handoff: --monitor takes scx, trace, trace-sleep, poll, floor or all, "
-              "or a comma-separated list of them; got '%s'\n", m.c_str());
-      return 2;
-    }
-  }
-  if (list.empty()) {
-    fprintf(stderr, "kgmp-bench handoff: --monitor names no monitor\n");
+  bool all = false;
+  if (!parse_monitors("handoff", monitors, {"scx", "trace", "trace-sleep", "poll", "floor"},
+                      &list, &all))
     return 2;
-  }
   FILE* raw = nullptr;
   if (!raw_path.empty() && (raw = fopen(raw_path.c_str(), "w")) == nullptr) {
     fprintf(stderr, "kgmp-bench handoff: cannot write --raw %s: %m\n", raw_path.c_str());

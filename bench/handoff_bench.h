@@ -2,8 +2,15 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace kgmp_bench {
+// The monitors a --monitor value names for case `name`: a comma-separated list of entries of
+// `known`, or "all" (every entry, scx only where sched_ext exists; *all set). A bad value
+// prints one line and returns false (the caller exits 2).
+bool parse_monitors(const char* name, const std::string& monitors,
+                    const std::vector<std::string>& known, std::vector<std::string>* list,
+                    bool* all);
 // monitors: trace, poll, floor or all; quiet: hot, compute or idle; trials <= 0: the default
 // (1000 hot, 200 otherwise). Prints RESULT handoff lines; returns an exit status.
 int bench_handoff(const std::string& monitors, const std::string& quiet, int trials,

@@ -490,30 +490,11 @@ int bench_preempt(const std::string& monitors, double slice_ms, int trials) {
     return 2;
   }
   const double eff_ms = static_cast<double>(resolved->cfg.preempt_slice.count()) / 1e6;
-  // scx is part of "all" only where sched_ext exists; a monitor the runtime cannot start
-  // (trace without BPF) is skipped under "all" and exits 3 when asked for by name.
-  const bool have_scx = access("/sys/kernel/sched_ext", F_OK) == 0;
-  const std::vector<std::string> known = {"scx", "trace", "poll"};
+  // A monitor the runtime cannot start (trace without BPF) is skipped under "all" and exits 3
+  // when asked for by name.
   std::vector<std::string> list;
   bool all = false;
-  for (const std::string& m : std::vector<std::string>(absl::StrSplit(monitors, ',', absl::SkipEmpty()))) {
-    if (m == "all") {
-      all = true;
-      for (const std::string& k : known)
-        if (k != "scx" || have_scx) list.push_back(k);
-    } else if (std::find(known.begin(), known.end(), m) != known.end()) {
-      list.push_back(m);
-    } else {
-      fprintf(stderr,
-              "kgmp-bench preempt: --monitor takes scx, trace, poll or all, or a "
-              "comma-separated list of them; got '%s'\n", m.c_str());
-      return 2;
-    }
-  }
-  if (list.empty()) {
-    fprintf(stderr, "kgmp-bench preempt: --monitor names no monitor\n");
-    return 2;
-  }
+  if (!kgmp_bench::parse_monitors("preempt", monitors, {"scx", "trace", "poll"}, &list, &all)) return 2;
   int ran = 0;
   for (const std::string& m : list) {
     std::vector<double> ms;

@@ -233,6 +233,8 @@ TEST_P(Preempt, RunReturnsWhileAGBlocksInTheKernel) {
   EXPECT_EQ(kgmp::internal::last_run_stats().orphaned, 1u);
   ASSERT_EQ(write(fds[1], "x", 1), 1);
   while (!read_back.load()) sched_yield();
+  close(fds[0]);
+  close(fds[1]);
   kgmp::run([] {}, procs(1));  // the runtime is usable again
 }
 

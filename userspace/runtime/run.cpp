@@ -247,12 +247,15 @@ static std::vector<ProcStats> snapshot_procs() {
 // A full barrier on every CPU running a thread of this process (membarrier(2), private
 // expedited, registered on first use; else the global command). False if the kernel offers
 // neither (or a seccomp filter refuses it). Caller: run()'s thread, at the reap.
-static bool barrier_all_cpus() {
+// *err: the errno of the last attempt when it returns false.
+static bool barrier_all_cpus(int* err) {
   static const bool registered =
       syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
   if (registered && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0)
     return true;
-  return syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0;
+  if (syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0) return true;
+  *err = errno;
+  return false;
 }
 
 // Waits, after main returned, until every M has either exited (from its next scheduling
@@ -265,6 +268,7 @@ static bool barrier_all_cpus() {
 // stopping set, the monitor stopped.
 static std::vector<M*> reap_ms() {
   bool warned = false;
+  int err = 0;
   for (;;) {
     const std::uint32_t seq = reap_seq.load(std::memory_order_acquire);
     std::vector<M*> all;
@@ -280,7 +284,7 @@ static std::vector<M*> reap_ms() {
         marked = true;
       }
     }
-    const bool fenced = !marked || barrier_all_cpus();
+    const bool fenced = !marked || barrier_all_cpus(&err);
     std::vector<const M*> pending;
     for (M* m : all) {
       if (m->exited.load(std::memory_order_acquire)) continue;
@@ -295,7 +299,7 @@ static std::vector<M*> reap_ms() {
       fprintf(stderr,
               "kgmp: run() waits for %zu threads still running goroutines: membarrier(2) is "
               "unavailable (%s), so they cannot be left behind safely\n",
-              pending.size(), strerror(errno));
+              pending.size(), strerror(err));
     }
     timespec ts{0, 1'000'000};
     syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&reap_seq), FUTEX_WAIT_PRIVATE, seq, &ts,
